@@ -1,0 +1,1 @@
+"""Private implementation of jaxgmm; the public face is ``jaxgmm/__init__.py``."""

@@ -1,0 +1,238 @@
+"""``fit``: EM in a ``lax.while_loop``, restarts as a ``vmap``."""
+
+from __future__ import annotations
+
+
+import jax
+import jax.numpy as jnp
+
+from jaxgmm._src import covariances as cov
+from jaxgmm._src import validation
+from jaxgmm._src.chunking import auto_chunk_size, chunked_sum
+from jaxgmm._src.initialization import initialize_centered
+from jaxgmm._src.model import FitResult, GMM
+
+HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def em_pass(params_c: GMM, xc, weights, chunk_size: int):
+    """One fused pass over the data: E-step at ``params_c`` and the M-step statistics.
+
+    Parameters
+    ----------
+    params_c : GMM
+        Parameters in centred coordinates.
+    xc : Array, shape (N, D)
+        Centred data.
+    weights : Array, shape (N,)
+    chunk_size : int
+
+    Returns
+    -------
+    moments : Array, shape (K, P)
+        ``(gamma * w).T @ features(xc)``, the input of the next M-step.
+    total_log_likelihood : Array, shape ()
+        ``sum_n w_n log p(x_n)`` at ``params_c``.
+    """
+    coefficients = cov.log_density_coefficients(params_c)
+    covariance_type = params_c.covariance_type
+
+    def on_chunk(x, w):
+        phi = cov.features(x, covariance_type)
+        joint = jnp.matmul(phi, coefficients, precision=HIGHEST)  # (n, K)
+        per_sample = jax.nn.logsumexp(joint, axis=1)
+        resp = jnp.exp(joint - per_sample[:, None]) * w[:, None]
+        moments = jnp.matmul(resp.T, phi, precision=HIGHEST)
+        return moments, jnp.sum(jnp.where(w > 0, w * per_sample, 0.0))
+
+    return chunked_sum(on_chunk, (xc, weights), chunk_size)
+
+
+def _select(flag, new, old):
+    return jax.tree.map(lambda a, b: jnp.where(flag, a, b), new, old)
+
+
+def run_em(params0: GMM, xc, weights, tol, reg_covar, max_iter: int, chunk_size: int):
+    """EM from ``params0`` (centred coordinates) until the mean log-likelihood changes by
+    less than ``tol`` or ``max_iter`` M-steps; a non-finite log-likelihood stops the loop and
+    keeps the last finite parameters.
+
+    Returns
+    -------
+    params, mean_log_likelihood, n_iter, converged, history
+    """
+    total_weight = jnp.sum(weights)
+    covariance_type = params0.covariance_type
+
+    def evaluate(params):
+        moments, total = em_pass(params, xc, weights, chunk_size)
+        return moments, total / total_weight
+
+    moments0, mean0 = evaluate(params0)
+    history0 = jnp.full((max_iter,), jnp.nan, xc.dtype)
+    state0 = (params0, moments0, mean0, jnp.asarray(0), jnp.asarray(False),
+              ~jnp.isfinite(mean0), history0)
+
+    def keep_going(state):
+        _, _, _, n_iter, _, stopped, _ = state
+        return (~stopped) & (n_iter < max_iter)
+
+    def iteration(state):
+        params, moments, mean, n_iter, _, _, history = state
+        new_params = cov.params_from_moments(moments, covariance_type, reg_covar)
+        new_moments, new_mean = evaluate(new_params)
+        finite = jnp.isfinite(new_mean)
+        converged = finite & (jnp.abs(new_mean - mean) < tol)
+        history = jnp.where(finite, history.at[n_iter].set(new_mean), history)
+        params = _select(finite, new_params, params)
+        moments = jnp.where(finite, new_moments, moments)
+        mean = jnp.where(finite, new_mean, mean)
+        n_iter = n_iter + finite.astype(n_iter.dtype)
+        return params, moments, mean, n_iter, converged, converged | ~finite, history
+
+    params, _, mean, n_iter, converged, _, history = jax.lax.while_loop(
+        keep_going, iteration, state0
+    )
+    return params, mean * total_weight, n_iter, converged, history
+
+
+def _fit_core(key, X, weights, tol, reg_covar, start, *, n_components, covariance_type, init,
+              n_init, max_iter, chunk_size):
+    center = jnp.sum(weights[:, None] * X, axis=0) / jnp.sum(weights)
+    xc = X - center
+
+    def one_restart(restart_key):
+        if start is None:
+            params0 = initialize_centered(restart_key, xc, weights, n_components,
+                                          covariance_type, init, reg_covar, chunk_size)
+        else:
+            params0 = cov.shift_means(start, -center)
+        return run_em(params0, xc, weights, tol, reg_covar, max_iter, chunk_size)
+
+    if n_init == 1:
+        params, total, n_iter, converged, history = one_restart(key)
+        all_totals = total[None]
+    else:
+        batch = jax.vmap(one_restart)(jax.random.split(key, n_init))
+        all_totals = batch[1]
+        best = jnp.argmax(jnp.where(jnp.isfinite(all_totals), all_totals, -jnp.inf))
+        params, total, n_iter, converged, history = jax.tree.map(lambda a: a[best], batch)
+    return FitResult(
+        params=cov.shift_means(params, center),
+        log_likelihood=total,
+        n_iter=n_iter,
+        converged=converged,
+        history=history,
+        all_log_likelihoods=all_totals,
+    )
+
+
+_fit_compiled = jax.jit(
+    _fit_core,
+    static_argnames=("n_components", "covariance_type", "init", "n_init", "max_iter",
+                     "chunk_size"),
+)
+
+
+def fit(
+    key,
+    X,
+    K: int,
+    *,
+    covariance_type: str = "full",
+    init: str = "kmeans++",
+    n_init: int = 1,
+    max_iter: int = 100,
+    tol=1e-3,
+    reg_covar=1e-6,
+    sample_weight=None,
+    init_params: GMM | None = None,
+    chunk_size: int | None = None,
+) -> FitResult:
+    """Fit a Gaussian mixture by expectation-maximisation.
+
+    Parameters
+    ----------
+    key : PRNG key
+        ``jax.random.key(seed)`` (or a legacy ``PRNGKey``); the only source of randomness.
+    X : Array, shape (N, D) or (N,)
+        Data; a 1-D array is a one-feature problem. Its float dtype sets the computation dtype
+        (integers become the default float).
+    K : int
+        Number of components (static).
+    covariance_type : {"full", "diag", "spherical", "tied"}
+    init : {"kmeans++", "kmeans", "random", "random_from_data"}
+        Initialisation, ignored when ``init_params`` is given.
+    n_init : int
+        Number of restarts, run together as one ``vmap``; the one with the highest final
+        log-likelihood is returned.
+    max_iter : int
+        Maximum number of EM iterations (M-steps), at least 1.
+    tol : float
+        Stop when the mean per-sample log-likelihood changes by less than ``tol``;
+        ``tol=0`` runs exactly ``max_iter`` iterations. Traced: a new value does not recompile.
+    reg_covar : float
+        Non-negative value added to the diagonal of every covariance. Traced.
+    sample_weight : Array, shape (N,), optional
+        Non-negative sample weights; a weight of zero removes the sample from the fit.
+    init_params : GMM, optional
+        Starting parameters (same ``covariance_type``, ``K`` and ``D``).
+    chunk_size : int, optional
+        Rows per chunk of the per-sample intermediates (bounds memory); chosen from the
+        shapes when omitted.
+
+    Returns
+    -------
+    FitResult
+        ``params``, ``log_likelihood`` (total, at ``params``), ``n_iter``, ``converged``,
+        ``history`` (shape (max_iter,)), ``all_log_likelihoods`` (shape (n_init,)).
+
+    Notes
+    -----
+    Each iteration is an E-step at the current parameters followed by an M-step; the data
+    are centred on their (weighted) mean internally, which keeps float32 accurate for data
+    far from the origin. A component that loses all its samples keeps a weight of order
+    machine epsilon, the data mean as its mean and ``reg_covar`` on its covariance diagonal;
+    a covariance that is numerically not positive definite is replaced by its (clamped)
+    diagonal plus ``reg_covar``.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxgmm import fit
+    >>> X = jnp.concatenate([jax.random.normal(jax.random.key(0), (200, 2)),
+    ...                      jax.random.normal(jax.random.key(1), (200, 2)) + 6.0])
+    >>> result = fit(jax.random.key(2), X, 2)
+    >>> sorted(round(float(w), 1) for w in result.params.weights)
+    [0.5, 0.5]
+    """
+    X = validation.as_data(X, "X")
+    n_samples, n_features = X.shape
+    K = validation.check_n_components(K, n_samples)
+    validation.check_covariance_type(covariance_type)
+    validation.check_init(init)
+    n_init = validation.check_positive_int(n_init, "n_init")
+    max_iter = validation.check_positive_int(max_iter, "max_iter")
+    validation.check_tol(tol)
+    validation.check_reg_covar(reg_covar)
+    weights = validation.as_sample_weight(sample_weight, X)
+    if init_params is not None:
+        validation.check_params(init_params, n_features, "init_params", K=K)
+        if init_params.covariance_type != covariance_type:
+            raise ValueError(
+                f"init_params has covariance_type={init_params.covariance_type!r} but "
+                f"covariance_type={covariance_type!r}"
+            )
+        init_params = jax.tree.map(lambda leaf: jnp.asarray(leaf, X.dtype), init_params)
+    if chunk_size is None:
+        width = cov.n_quadratic_features(covariance_type, n_features) + n_features + 1
+        chunk_size = auto_chunk_size(n_samples, max(width, K))
+    else:
+        chunk_size = validation.check_positive_int(chunk_size, "chunk_size")
+    return _fit_compiled(
+        key, X, weights, jnp.asarray(tol, X.dtype), jnp.asarray(reg_covar, X.dtype),
+        init_params, n_components=K, covariance_type=covariance_type, init=init,
+        n_init=n_init, max_iter=max_iter, chunk_size=chunk_size,
+    )
+
+

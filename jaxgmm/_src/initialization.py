@@ -1,0 +1,192 @@
+"""Starting points for EM: k-means++ seeding, k-means (Lloyd), random responsibilities and
+random data points. All jittable; the key is the only source of randomness."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from jaxgmm._src import covariances as cov
+from jaxgmm._src import validation
+from jaxgmm._src.em import weighted_moments
+from jaxgmm._src.model import GMM
+
+HIGHEST = jax.lax.Precision.HIGHEST
+_LLOYD_MAX_ITER = 100
+
+
+def _squared_distances(xc: jax.Array, centers: jax.Array) -> jax.Array:
+    """``||x_n - c_k||^2``, shape (N, K), clamped at zero."""
+    cross = jnp.matmul(xc, centers.T, precision=HIGHEST)
+    d2 = jnp.sum(xc * xc, axis=1)[:, None] - 2.0 * cross + jnp.sum(centers * centers, axis=1)
+    return jnp.maximum(d2, 0.0)
+
+
+def _weighted_choice_logits(weights, scores):
+    """Log-probabilities proportional to ``weights * scores``; falls back to ``weights`` when
+    every score is zero (all points already coincide with a center)."""
+    mass = weights * scores
+    mass = jnp.where(jnp.sum(mass) > 0, mass, weights)
+    return jnp.log(mass)
+
+
+def kmeans_plusplus(key, xc, weights, n_components: int) -> jax.Array:
+    """Greedy k-means++ seeding (``2 + floor(log K)`` candidates per step).
+
+    Parameters
+    ----------
+    key : PRNG key
+    xc : Array, shape (N, D)
+    weights : Array, shape (N,)
+        Sample weights; a zero-weight sample is never chosen.
+    n_components : int
+
+    Returns
+    -------
+    Array, shape (K, D)
+        The seeds, rows of ``xc``.
+    """
+    n_trials = 2 + int(math.log(n_components))
+    key, first_key = jax.random.split(key)
+    first = jax.random.categorical(first_key, jnp.log(weights))
+    centers = jnp.zeros((n_components, xc.shape[1]), xc.dtype).at[0].set(xc[first])
+    closest = _squared_distances(xc, xc[first][None])[:, 0]
+
+    def add_center(i, carry):
+        centers, closest, key = carry
+        key, trial_key = jax.random.split(key)
+        logits = _weighted_choice_logits(weights, closest)
+        candidates = jax.random.categorical(trial_key, logits, shape=(n_trials,))
+        trial_closest = jnp.minimum(closest[:, None], _squared_distances(xc, xc[candidates]))
+        potential = jnp.sum(weights[:, None] * trial_closest, axis=0)
+        best = jnp.argmin(potential)
+        centers = centers.at[i].set(xc[candidates[best]])
+        return centers, trial_closest[:, best], key
+
+    centers, _, _ = jax.lax.fori_loop(1, n_components, add_center, (centers, closest, key))
+    return centers
+
+
+def lloyd(xc, weights, centers, max_iter: int = _LLOYD_MAX_ITER) -> jax.Array:
+    """Weighted Lloyd iterations in a ``lax.while_loop`` until no label changes.
+
+    An empty cluster keeps its previous center.
+
+    Parameters
+    ----------
+    xc : Array, shape (N, D)
+    weights : Array, shape (N,)
+    centers : Array, shape (K, D)
+        Starting centers.
+
+    Returns
+    -------
+    Array, shape (K, D)
+    """
+    n_components = centers.shape[0]
+
+    def assign(c):
+        return jnp.argmin(_squared_distances(xc, c), axis=1)
+
+    def step(state):
+        centers, labels, it, _ = state
+        onehot = jax.nn.one_hot(labels, n_components, dtype=xc.dtype) * weights[:, None]
+        counts = jnp.sum(onehot, axis=0)
+        sums = jnp.matmul(onehot.T, xc, precision=HIGHEST)
+        safe = jnp.where(counts > 0, counts, 1.0)[:, None]
+        centers = jnp.where(counts[:, None] > 0, sums / safe, centers)
+        new_labels = assign(centers)
+        return centers, new_labels, it + 1, jnp.any(new_labels != labels)
+
+    def keep_going(state):
+        _, _, it, changed = state
+        return changed & (it < max_iter)
+
+    state = (centers, assign(centers), jnp.asarray(0), jnp.asarray(True))
+    centers, _, _, _ = jax.lax.while_loop(keep_going, step, state)
+    return centers
+
+
+def _hard_responsibilities(xc, centers):
+    labels = jnp.argmin(_squared_distances(xc, centers), axis=1)
+    return jax.nn.one_hot(labels, centers.shape[0], dtype=xc.dtype)
+
+
+def initial_responsibilities(key, xc, weights, n_components: int, method: str) -> jax.Array:
+    """Responsibilities, shape (N, K), from which the first M-step builds the start.
+
+    ``"kmeans++"``: each sample to its nearest k-means++ seed. ``"kmeans"``: to its nearest
+    k-means center (k-means++ seeding, then Lloyd). ``"random"``: uniform random rows,
+    normalised. ``"random_from_data"``: to its nearest of K distinct samples drawn at random.
+    """
+    if method == "random":
+        resp = jax.random.uniform(key, (xc.shape[0], n_components), dtype=xc.dtype)
+        return resp / jnp.sum(resp, axis=1, keepdims=True)
+    if method == "random_from_data":
+        index = jax.random.choice(
+            key, xc.shape[0], (n_components,), replace=False, p=weights / jnp.sum(weights)
+        )
+        return _hard_responsibilities(xc, xc[index])
+    centers = kmeans_plusplus(key, xc, weights, n_components)
+    if method == "kmeans":
+        centers = lloyd(xc, weights, centers)
+    return _hard_responsibilities(xc, centers)
+
+
+def initialize_centered(key, xc, weights, n_components, covariance_type, method, reg_covar,
+                        chunk_size=None) -> GMM:
+    """Initial mixture for centred data: responsibilities from ``method``, then an M-step."""
+    resp = initial_responsibilities(key, xc, weights, n_components, method)
+    moments = weighted_moments(xc, weights, resp, covariance_type, chunk_size)
+    return cov.params_from_moments(moments, covariance_type, reg_covar)
+
+
+def init_params(
+    key, X, K, *, covariance_type: str = "full", method: str = "kmeans++", reg_covar=1e-6
+) -> GMM:
+    """Initial parameters for EM.
+
+    Parameters
+    ----------
+    key : PRNG key
+    X : Array, shape (N, D) or (N,)
+    K : int
+        Number of components (static).
+    covariance_type : {"full", "diag", "spherical", "tied"}
+    method : {"kmeans++", "kmeans", "random", "random_from_data"}
+        How to form the first responsibilities (see Notes).
+    reg_covar : float
+        Added to the diagonal of the covariances.
+
+    Returns
+    -------
+    GMM
+
+    Notes
+    -----
+    The seed-based methods assign every sample to its nearest seed and take one M-step, so
+    the starting covariances describe the seed's Voronoi cell. (scikit-learn gives the seed
+    points alone responsibility for ``"k-means++"`` and ``"random_from_data"``, which starts
+    every covariance at ``reg_covar * I``.)
+
+    Examples
+    --------
+    >>> import jax
+    >>> from jaxgmm import init_params
+    >>> X = jax.random.normal(jax.random.key(0), (100, 2))
+    >>> init_params(jax.random.key(1), X, 3).means.shape
+    (3, 2)
+    """
+    X = validation.as_data(X, "X")
+    K = validation.check_n_components(K, X.shape[0])
+    validation.check_covariance_type(covariance_type)
+    if method not in validation.INIT_METHODS:
+        raise ValueError(f"method must be one of {validation.INIT_METHODS}; got {method!r}")
+    validation.check_reg_covar(reg_covar)
+    weights = jnp.ones((X.shape[0],), X.dtype)
+    center = jnp.mean(X, axis=0)
+    params = initialize_centered(key, X - center, weights, K, covariance_type, method,
+                                 jnp.asarray(reg_covar, X.dtype))
+    return cov.shift_means(params, center)

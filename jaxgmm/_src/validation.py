@@ -1,0 +1,166 @@
+"""Checks at the eager boundary.
+
+Shape and type checks always run (shapes are static under ``jit``); checks that need values
+(NaN, signs) run only when the value is concrete, i.e. not a tracer inside ``jit``/``vmap``.
+Every message names the offending argument.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgmm._src.model import COVARIANCE_TYPES, GMM
+
+INIT_METHODS = ("kmeans++", "kmeans", "random", "random_from_data")
+
+
+def is_concrete(x) -> bool:
+    """True when ``x`` holds values now (not a tracer)."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def as_data(X, name: str = "X") -> jax.Array:
+    """``X`` as a floating array of shape (N, D); a 1-D array is one feature (D = 1).
+
+    Integer and boolean input becomes JAX's default float dtype; float input keeps its dtype.
+    """
+    if isinstance(X, GMM):
+        raise TypeError(f"{name} must be an array of samples, got a GMM")
+    if not isinstance(X, (jax.Array, np.ndarray)):
+        try:
+            X = np.asarray(X)
+        except Exception as error:  # ragged lists and the like
+            raise TypeError(f"{name} must be array-like of numbers: {error}") from None
+    if X.dtype == object or not (
+        jnp.issubdtype(X.dtype, jnp.number) or jnp.issubdtype(X.dtype, jnp.bool_)
+    ):
+        raise TypeError(f"{name} must be numeric, got dtype {X.dtype}")
+    if jnp.issubdtype(X.dtype, jnp.complexfloating):
+        raise TypeError(f"{name} must be real, got dtype {X.dtype}")
+    if not jnp.issubdtype(X.dtype, jnp.floating):
+        X = jnp.asarray(X, dtype=jnp.result_type(float))
+    X = jnp.asarray(X)
+    if X.ndim == 1:
+        X = X[:, None]
+    if X.ndim != 2:
+        raise ValueError(f"{name} must be 1-D (N,) or 2-D (N, D); got shape {X.shape}")
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError(f"{name} is empty: shape {X.shape}")
+    if is_concrete(X) and not bool(jnp.all(jnp.isfinite(X))):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return X
+
+
+def check_covariance_type(covariance_type) -> None:
+    if covariance_type not in COVARIANCE_TYPES:
+        raise ValueError(
+            f"covariance_type must be one of {COVARIANCE_TYPES}; got {covariance_type!r}"
+        )
+
+
+def check_init(init) -> None:
+    if init not in INIT_METHODS:
+        raise ValueError(f"init must be one of {INIT_METHODS}; got {init!r}")
+
+
+def check_n_components(K, n_samples: int, name: str = "K") -> int:
+    if isinstance(K, bool) or not isinstance(K, (numbers.Integral, np.integer)):
+        raise TypeError(f"{name} must be a Python int (it fixes array shapes); got {K!r}")
+    K = int(K)
+    if K < 1:
+        raise ValueError(f"{name} must be >= 1; got {K}")
+    if K > n_samples:
+        raise ValueError(f"{name} = {K} exceeds the number of samples N = {n_samples}")
+    return K
+
+
+def check_positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
+        raise TypeError(f"{name} must be an int; got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1; got {value}")
+    return int(value)
+
+
+def _check_non_negative_scalar(value, name: str) -> None:
+    arr = jnp.asarray(value)
+    if arr.ndim != 0:
+        raise ValueError(f"{name} must be a scalar; got shape {arr.shape}")
+    if is_concrete(value):
+        v = float(arr)
+        if not np.isfinite(v) or v < 0:
+            raise ValueError(f"{name} must be finite and >= 0; got {v}")
+
+
+def check_reg_covar(reg_covar) -> None:
+    _check_non_negative_scalar(reg_covar, "reg_covar")
+
+
+def check_tol(tol) -> None:
+    _check_non_negative_scalar(tol, "tol")
+
+
+def as_sample_weight(sample_weight, X: jax.Array) -> jax.Array:
+    """Sample weights as shape (N,) in the dtype of ``X`` (ones when ``None``)."""
+    n_samples = X.shape[0]
+    if sample_weight is None:
+        return jnp.ones((n_samples,), X.dtype)
+    weights = jnp.asarray(sample_weight)
+    if not (jnp.issubdtype(weights.dtype, jnp.number) or weights.dtype == jnp.bool_):
+        raise TypeError(f"sample_weight must be numeric; got dtype {weights.dtype}")
+    weights = weights.astype(X.dtype)
+    if weights.shape != (n_samples,):
+        raise ValueError(
+            f"sample_weight must have shape (N,) = ({n_samples},); got {weights.shape}"
+        )
+    if is_concrete(weights):
+        if not bool(jnp.all(jnp.isfinite(weights))):
+            raise ValueError("sample_weight contains NaN or infinite values")
+        if bool(jnp.any(weights < 0)):
+            raise ValueError("sample_weight must be non-negative")
+        if not bool(jnp.sum(weights) > 0):
+            raise ValueError("sample_weight must have a positive sum")
+    return weights
+
+
+def _expected_covariance_shape(covariance_type: str, K: int, D: int) -> tuple:
+    return {
+        "full": (K, D, D),
+        "diag": (K, D),
+        "spherical": (K,),
+        "tied": (D, D),
+    }[covariance_type]
+
+
+def check_params(params, n_features: int | None, name: str = "params", K: int | None = None):
+    """Check a single (unbatched) mixture: type, covariance type, shapes, values when concrete."""
+    if not isinstance(params, GMM):
+        raise TypeError(f"{name} must be a jaxgmm.GMM; got {type(params).__name__}")
+    check_covariance_type(params.covariance_type)
+    means = jnp.asarray(params.means)
+    if means.ndim != 2:
+        raise ValueError(f"{name}.means must have shape (K, D); got {means.shape}")
+    k, d = means.shape
+    if n_features is not None and d != n_features:
+        raise ValueError(f"{name}.means has D = {d} features but X has D = {n_features}")
+    if K is not None and k != K:
+        raise ValueError(f"{name} has {k} components but K = {K}")
+    if jnp.shape(params.weights) != (k,):
+        raise ValueError(f"{name}.weights must have shape ({k},); got {jnp.shape(params.weights)}")
+    expected = _expected_covariance_shape(params.covariance_type, k, d)
+    if jnp.shape(params.covariances) != expected:
+        raise ValueError(
+            f"{name}.covariances for covariance_type={params.covariance_type!r} must have shape "
+            f"{expected}; got {jnp.shape(params.covariances)}"
+        )
+    leaves = (params.weights, params.means, params.covariances)
+    if all(is_concrete(leaf) for leaf in leaves):
+        weights = np.asarray(params.weights, dtype=np.float64)
+        if not all(np.all(np.isfinite(np.asarray(leaf))) for leaf in leaves):
+            raise ValueError(f"{name} contains NaN or infinite values")
+        if np.any(weights < 0) or abs(weights.sum() - 1.0) > 1e-4:
+            raise ValueError(f"{name}.weights must be non-negative and sum to 1")
