@@ -9,11 +9,11 @@ import jax
 import jax.numpy as jnp
 
 # Target number of elements of the widest per-chunk intermediate (features or responsibilities).
-_CHUNK_ELEMENTS = 1 << 18
+_CHUNK_ELEMENTS = 1 << 20
 
 
 def auto_chunk_size(n_samples: int, width: int) -> int:
-    """Rows per chunk so that an ``(rows, width)`` intermediate stays near 2**18 elements
+    """Rows per chunk so that an ``(rows, width)`` intermediate stays near 2**20 elements
     (a few MB, cache friendly), at least 256 rows, at most ``n_samples``."""
     rows = max(256, _CHUNK_ELEMENTS // max(width, 1))
     return max(1, min(n_samples, rows))

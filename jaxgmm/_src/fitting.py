@@ -40,8 +40,12 @@ def em_pass(params_c: GMM, xc, weights, chunk_size: int):
     def on_chunk(x, w):
         phi = cov.features(x, covariance_type)
         joint = jnp.matmul(phi, coefficients, precision=HIGHEST)  # (n, K)
-        per_sample = jax.nn.logsumexp(joint, axis=1)
-        resp = jnp.exp(joint - per_sample[:, None]) * w[:, None]
+        # One exponential per entry serves both the log-sum-exp and the responsibilities.
+        peak = jax.lax.stop_gradient(jnp.max(joint, axis=1, keepdims=True))
+        unnormalised = jnp.exp(joint - peak)
+        total = jnp.sum(unnormalised, axis=1, keepdims=True)
+        per_sample = (peak + jnp.log(total))[:, 0]
+        resp = unnormalised * (w[:, None] / total)
         moments = jnp.matmul(resp.T, phi, precision=HIGHEST)
         return moments, jnp.sum(jnp.where(w > 0, w * per_sample, 0.0))
 
