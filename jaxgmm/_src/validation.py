@@ -87,13 +87,16 @@ def check_positive_int(value, name: str) -> int:
 
 
 def _check_non_negative_scalar(value, name: str) -> None:
-    arr = jnp.asarray(value)
-    if arr.ndim != 0:
-        raise ValueError(f"{name} must be a scalar; got shape {arr.shape}")
-    if is_concrete(value):
-        v = float(arr)
-        if not np.isfinite(v) or v < 0:
-            raise ValueError(f"{name} must be finite and >= 0; got {v}")
+    if isinstance(value, numbers.Real):
+        v = float(value)
+    else:
+        if jnp.ndim(value) != 0:
+            raise ValueError(f"{name} must be a scalar; got shape {jnp.shape(value)}")
+        if not is_concrete(value):
+            return
+        v = float(np.asarray(value))
+    if not np.isfinite(v) or v < 0:
+        raise ValueError(f"{name} must be finite and >= 0; got {v}")
 
 
 def check_reg_covar(reg_covar) -> None:

@@ -1,0 +1,392 @@
+"""The public face: shapes, dtypes, errors naming the argument, degenerate data, save/load,
+and composition with jit, vmap and grad (including no recompilation for tol / reg_covar)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxgmm
+from jaxgmm import GMM
+
+COVARIANCE_TYPES = ("full", "diag", "spherical", "tied")
+KEY = jax.random.key(0)
+
+
+@pytest.fixture(scope="module")
+def fitted(blobs):
+    return {
+        kind: jaxgmm.fit(KEY, blobs, 3, covariance_type=kind, max_iter=30)
+        for kind in COVARIANCE_TYPES
+    }
+
+
+@pytest.mark.parametrize("kind", COVARIANCE_TYPES)
+def test_shapes_match_sklearn_conventions(fitted, blobs, kind):
+    result = fitted[kind]
+    params = result.params
+    expected_cov = {"full": (3, 2, 2), "diag": (3, 2), "spherical": (3,), "tied": (2, 2)}[kind]
+    assert params.weights.shape == (3,)
+    assert params.means.shape == (3, 2)
+    assert params.covariances.shape == expected_cov
+    assert params.covariance_type == kind
+    np.testing.assert_allclose(float(jnp.sum(params.weights)), 1.0, rtol=1e-12)
+    assert result.history.shape == (30,)
+    assert result.all_log_likelihoods.shape == (1,)
+    n = int(result.n_iter)
+    assert 1 <= n <= 30
+    assert np.all(np.isfinite(result.history[:n])) and np.all(np.isnan(result.history[n:]))
+    # log_likelihood is evaluated at the returned parameters.
+    np.testing.assert_allclose(
+        float(result.log_likelihood), float(jaxgmm.log_likelihood(params, blobs)), rtol=1e-10
+    )
+    np.testing.assert_allclose(
+        float(result.history[n - 1]) * blobs.shape[0], float(result.log_likelihood), rtol=1e-10
+    )
+    assert jaxgmm.log_prob(params, blobs).shape == (180,)
+    assert jaxgmm.predict(params, blobs).shape == (180,)
+    proba = jaxgmm.predict_proba(params, blobs)
+    np.testing.assert_allclose(np.asarray(proba).sum(axis=1), 1.0, rtol=1e-12)
+    np.testing.assert_array_equal(np.argmax(proba, axis=1), jaxgmm.predict(params, blobs))
+    log_resp, mean_ll = jaxgmm.e_step(params, blobs)
+    assert log_resp.shape == (180, 3)
+    np.testing.assert_allclose(float(mean_ll) * 180, float(result.log_likelihood), rtol=1e-10)
+
+
+def test_pytree_metadata_is_static(fitted):
+    params = fitted["full"].params
+    leaves, treedef = jax.tree.flatten(params)
+    assert len(leaves) == 3 and all(isinstance(leaf, jax.Array) for leaf in leaves)
+    rebuilt = jax.tree.unflatten(treedef, leaves)
+    assert rebuilt.covariance_type == "full"
+    doubled = jax.tree.map(lambda x: 2 * x, params)
+    assert isinstance(doubled, GMM) and doubled.covariance_type == "full"
+
+
+def test_converged_flag_and_tol_zero(blobs):
+    loose = jaxgmm.fit(KEY, blobs, 3, tol=1e-1, max_iter=50)
+    assert bool(loose.converged) and int(loose.n_iter) < 50
+    exact = jaxgmm.fit(KEY, blobs, 3, tol=0.0, max_iter=7)
+    assert int(exact.n_iter) == 7 and not bool(exact.converged)
+    assert np.all(np.isfinite(exact.history))
+
+
+def test_restarts_keep_the_best(blobs):
+    result = jaxgmm.fit(KEY, blobs, 3, n_init=4, max_iter=30, init="random")
+    assert result.all_log_likelihoods.shape == (4,)
+    np.testing.assert_allclose(
+        float(result.log_likelihood), float(np.max(result.all_log_likelihoods)), rtol=1e-12
+    )
+    # each restart equals a single fit with the corresponding split key
+    keys = jax.random.split(KEY, 4)
+    singles = [
+        float(jaxgmm.fit(k, blobs, 3, max_iter=30, init="random").log_likelihood) for k in keys
+    ]
+    np.testing.assert_allclose(np.asarray(result.all_log_likelihoods), singles, rtol=1e-9)
+
+
+@pytest.mark.parametrize("init", ["kmeans++", "kmeans", "random", "random_from_data"])
+def test_every_init_method_runs_and_is_reproducible(blobs, init):
+    a = jaxgmm.fit(KEY, blobs, 3, init=init, max_iter=20)
+    b = jaxgmm.fit(KEY, blobs, 3, init=init, max_iter=20)
+    np.testing.assert_array_equal(a.params.means, b.params.means)
+    assert np.isfinite(float(a.log_likelihood))
+    start = jaxgmm.init_params(KEY, blobs, 3, method=init)
+    assert start.means.shape == (3, 2)
+    np.testing.assert_allclose(float(jnp.sum(start.weights)), 1.0, rtol=1e-12)
+
+
+def test_kmeans_init_finds_separated_clusters():
+    rng = np.random.default_rng(3)
+    centers = np.array([[0.0, 0.0], [20.0, 0.0], [0.0, 20.0]])
+    X = np.concatenate([c + rng.normal(size=(50, 2)) for c in centers])
+    start = jaxgmm.init_params(KEY, X, 3, method="kmeans")
+    found = np.sort(np.round(np.asarray(start.means) / 20.0), axis=0)
+    np.testing.assert_array_equal(found, np.sort(np.round(centers / 20.0), axis=0))
+
+
+def test_sample_weight_equals_repeated_rows(blobs):
+    counts = np.random.default_rng(0).integers(0, 3, size=blobs.shape[0])
+    repeated = np.repeat(blobs, counts, axis=0)
+    start = jaxgmm.init_params(KEY, blobs, 3)
+    weighted = jaxgmm.fit(KEY, blobs, 3, init_params=start, sample_weight=counts, tol=0.0,
+                          max_iter=10)
+    plain = jaxgmm.fit(KEY, repeated, 3, init_params=start, tol=0.0, max_iter=10)
+    for a, b in zip(jax.tree.leaves(weighted.params), jax.tree.leaves(plain.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(weighted.log_likelihood, plain.log_likelihood, rtol=1e-10)
+
+
+def test_zero_weight_rows_leave_the_fit_unchanged(blobs):
+    start = jaxgmm.init_params(KEY, blobs, 3)
+    junk = np.full((20, 2), 1e3)
+    padded = np.concatenate([blobs, junk])
+    weights = np.concatenate([np.ones(len(blobs)), np.zeros(len(junk))])
+    a = jaxgmm.fit(KEY, padded, 3, init_params=start, sample_weight=weights, tol=0.0,
+                   max_iter=8)
+    b = jaxgmm.fit(KEY, blobs, 3, init_params=start, tol=0.0, max_iter=8)
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+        np.testing.assert_allclose(x, y, rtol=1e-9, atol=1e-12)
+
+
+def test_chunking_does_not_change_the_result(blobs):
+    start = jaxgmm.init_params(KEY, blobs, 3)
+    whole = jaxgmm.fit(KEY, blobs, 3, init_params=start, tol=0.0, max_iter=6)
+    chunked = jaxgmm.fit(KEY, blobs, 3, init_params=start, tol=0.0, max_iter=6, chunk_size=47)
+    for x, y in zip(jax.tree.leaves(whole.params), jax.tree.leaves(chunked.params)):
+        np.testing.assert_allclose(x, y, rtol=1e-10, atol=1e-12)
+
+
+# --- composition with jit, vmap and grad --------------------------------------------------
+
+
+def test_jit_with_static_arguments_and_no_recompile(blobs):
+    traces = []
+
+    def fit_fn(key, X, tol, reg_covar):
+        traces.append(1)
+        return jaxgmm.fit(key, X, 3, tol=tol, reg_covar=reg_covar, max_iter=20)
+
+    jitted = jax.jit(fit_fn)
+    first = jitted(KEY, blobs, 1e-3, 1e-6)
+    second = jitted(KEY, blobs, 1e-5, 1e-4)
+    jitted(jax.random.key(5), blobs, 0.0, 0.0)
+    assert len(traces) == 1
+    eager = jaxgmm.fit(KEY, blobs, 3, max_iter=20)
+    np.testing.assert_allclose(first.params.means, eager.params.means, rtol=1e-10)
+    assert float(second.params.covariances[0, 0, 0]) != float(first.params.covariances[0, 0, 0])
+
+
+def test_eager_fit_compiles_once_per_shape(blobs):
+    from jaxgmm._src import fitting
+
+    jaxgmm.fit(KEY, blobs, 2, max_iter=5, tol=1e-3, reg_covar=1e-6)
+    before = fitting._fit_compiled._cache_size()
+    jaxgmm.fit(jax.random.key(9), blobs, 2, max_iter=5, tol=1e-5, reg_covar=1e-3)
+    assert fitting._fit_compiled._cache_size() == before
+
+
+def test_jit_of_whole_fit_with_static_argnames(blobs):
+    jitted = jax.jit(jaxgmm.fit, static_argnames=("K", "covariance_type", "max_iter"))
+    result = jitted(KEY, blobs, K=3, covariance_type="diag", max_iter=10)
+    assert result.params.covariances.shape == (3, 2)
+
+
+def test_vmap_over_keys_and_over_datasets(blobs):
+    keys = jax.random.split(KEY, 3)
+    batch = jax.vmap(lambda k: jaxgmm.fit(k, blobs, 3, max_iter=15))(keys)
+    assert batch.params.means.shape == (3, 3, 2)
+    assert batch.params.covariance_type == "full"
+    single = jaxgmm.fit(keys[1], blobs, 3, max_iter=15)
+    np.testing.assert_allclose(batch.params.means[1], single.params.means, rtol=1e-8)
+
+    datasets = jnp.stack([blobs, blobs[::-1] * 2.0])
+    per_data = jax.vmap(lambda X: jaxgmm.fit(KEY, X, 3, max_iter=15))(datasets)
+    assert per_data.log_likelihood.shape == (2,)
+    second = jaxgmm.fit(KEY, np.asarray(datasets[1]), 3, max_iter=15)
+    np.testing.assert_allclose(per_data.log_likelihood[1], second.log_likelihood, rtol=1e-8)
+
+
+def test_grad_of_log_likelihood_wrt_params_and_data(fitted, blobs):
+    params = fitted["diag"].params
+    g = jax.grad(lambda p: jaxgmm.log_likelihood(p, blobs))(params)
+    assert isinstance(g, GMM) and all(np.all(np.isfinite(x)) for x in jax.tree.leaves(g))
+    gx = jax.grad(lambda X: jaxgmm.log_likelihood(params, X))(jnp.asarray(blobs))
+    eps = 1e-6
+    bumped = blobs.copy()
+    bumped[5, 1] += eps
+    lowered = blobs.copy()
+    lowered[5, 1] -= eps
+    fd = (jaxgmm.log_likelihood(params, bumped) - jaxgmm.log_likelihood(params, lowered)) / (
+        2 * eps
+    )
+    np.testing.assert_allclose(gx[5, 1], fd, rtol=1e-6)
+
+
+# --- dtypes --------------------------------------------------------------------------------
+
+
+def test_integer_input_becomes_float(blobs):
+    X = np.round(blobs * 10).astype(np.int32)
+    result = jaxgmm.fit(KEY, X, 2, max_iter=5)
+    assert jnp.issubdtype(result.params.means.dtype, jnp.floating)
+
+
+# --- bad input -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, word",
+    [
+        (dict(X=np.array([[0.0, np.nan]] * 5)), ValueError, "X"),
+        (dict(X=np.array([[0.0, np.inf]] * 5)), ValueError, "X"),
+        (dict(X=np.float64(3.0)), ValueError, "X"),
+        (dict(X=np.zeros((4, 2, 2))), ValueError, "X"),
+        (dict(X=np.zeros((0, 2))), ValueError, "X"),
+        (dict(X=np.array(["a", "b", "c"])), TypeError, "X"),
+        (dict(K=0), ValueError, "K"),
+        (dict(K=1000), ValueError, "K"),
+        (dict(K=2.5), TypeError, "K"),
+        (dict(covariance_type="banana"), ValueError, "covariance_type"),
+        (dict(init="banana"), ValueError, "init"),
+        (dict(reg_covar=-1.0), ValueError, "reg_covar"),
+        (dict(tol=-1.0), ValueError, "tol"),
+        (dict(max_iter=0), ValueError, "max_iter"),
+        (dict(n_init=0), ValueError, "n_init"),
+        (dict(sample_weight=-np.ones(30)), ValueError, "sample_weight"),
+        (dict(sample_weight=np.full(30, np.nan)), ValueError, "sample_weight"),
+        (dict(sample_weight=np.ones(29)), ValueError, "sample_weight"),
+        (dict(sample_weight=np.zeros(30)), ValueError, "sample_weight"),
+        (dict(init_params="not a gmm"), TypeError, "init_params"),
+    ],
+)
+def test_bad_input_names_the_argument(kwargs, error, word):
+    arguments = dict(key=KEY, X=np.random.default_rng(0).normal(size=(30, 2)), K=2)
+    arguments.update(kwargs)
+    with pytest.raises(error, match=word):
+        jaxgmm.fit(**arguments)
+
+
+def test_init_params_of_wrong_shape_or_type(blobs):
+    good = jaxgmm.init_params(KEY, blobs, 3)
+    with pytest.raises(ValueError, match="init_params"):
+        jaxgmm.fit(KEY, blobs, 2, init_params=good)
+    with pytest.raises(ValueError, match="init_params"):
+        jaxgmm.fit(KEY, blobs[:, :1], 3, init_params=good)
+    with pytest.raises(ValueError, match="init_params"):
+        jaxgmm.fit(KEY, blobs, 3, init_params=good.replace(covariances=good.covariances[0]))
+    with pytest.raises(ValueError, match="covariance_type"):
+        jaxgmm.fit(KEY, blobs, 3, covariance_type="diag", init_params=good)
+
+
+def test_params_checked_by_functions(blobs):
+    good = jaxgmm.init_params(KEY, blobs, 3)
+    with pytest.raises(ValueError, match="params"):
+        jaxgmm.log_prob(good, blobs[:, :1])
+    with pytest.raises(TypeError, match="params"):
+        jaxgmm.log_prob({"weights": 1}, blobs)
+
+
+def test_under_jit_bad_values_are_reported_not_raised():
+    X = jnp.asarray(np.random.default_rng(0).normal(size=(30, 2))).at[3, 0].set(jnp.nan)
+    result = jax.jit(lambda X: jaxgmm.fit(KEY, X, 2, max_iter=10))(X)
+    assert not bool(result.converged)
+    assert not np.isfinite(float(result.log_likelihood))
+
+
+# --- degenerate data -------------------------------------------------------------------------
+
+
+def _assert_finite_mixture(result):
+    params = result.params
+    for leaf in jax.tree.leaves(params):
+        assert np.all(np.isfinite(np.asarray(leaf)))
+    np.testing.assert_allclose(float(jnp.sum(params.weights)), 1.0, rtol=1e-5)
+    assert np.isfinite(float(result.log_likelihood))
+
+
+@pytest.mark.parametrize("kind", COVARIANCE_TYPES)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize(
+    "name",
+    ["identical", "constant_feature", "few_distinct", "scale_1e8", "scale_1e-8"],
+)
+def test_degenerate_data_gives_finite_answers(kind, dtype, name):
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=(60, 2))
+    X = {
+        "identical": np.full((60, 2), 3.0),
+        "constant_feature": np.column_stack([base[:, 0], np.full(60, 7.0)]),
+        "few_distinct": np.repeat(np.array([[0.0, 1.0], [2.0, 2.0]]), 30, axis=0),
+        "scale_1e8": base * 1e8,
+        "scale_1e-8": base * 1e-8,
+    }[name].astype(dtype)
+    result = jaxgmm.fit(KEY, X, 3, covariance_type=kind, max_iter=20)
+    _assert_finite_mixture(result)
+    assert result.params.means.dtype == dtype
+
+
+def test_empty_component_rule():
+    # Two points far apart, three components: one component must end up (nearly) empty.
+    X = np.repeat(np.array([[0.0], [10.0]]), 20, axis=0)
+    start = GMM(jnp.array([0.4, 0.4, 0.2]), jnp.array([[0.0], [10.0], [1e4]]),
+                jnp.ones((3,)), "spherical")
+    result = jaxgmm.fit(KEY, X, 3, covariance_type="spherical", init_params=start, max_iter=5)
+    _assert_finite_mixture(result)
+    weights = np.asarray(result.params.weights)
+    assert weights[2] < 1e-10
+    np.testing.assert_allclose(result.params.means[2, 0], 5.0, rtol=1e-6)  # the data mean
+    np.testing.assert_allclose(result.params.covariances[2], 1e-6, rtol=1e-6)  # reg_covar
+
+
+# --- save / load -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", COVARIANCE_TYPES)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_save_load_round_trip(tmp_path, fitted, kind, dtype):
+    params = jax.tree.map(lambda x: x.astype(dtype), fitted[kind].params)
+    path = tmp_path / "model.jaxgmm"
+    jaxgmm.save(path, params)
+    loaded = jaxgmm.load(path)
+    assert loaded.covariance_type == kind
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(loaded)):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+
+
+def test_load_errors(tmp_path, fitted):
+    with pytest.raises(FileNotFoundError, match="path"):
+        jaxgmm.load(tmp_path / "missing.npz")
+    path = tmp_path / "model.npz"
+    jaxgmm.save(path, fitted["full"].params)
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match="path"):
+        jaxgmm.load(truncated)
+    foreign = tmp_path / "foreign.npz"
+    np.savez(foreign, a=np.arange(3))
+    with pytest.raises(ValueError, match="not a jaxgmm model"):
+        jaxgmm.load(foreign)
+    text = tmp_path / "text.npz"
+    text.write_text("hello")
+    with pytest.raises(ValueError, match="path"):
+        jaxgmm.load(text)
+
+
+# --- sampling and criteria -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", COVARIANCE_TYPES)
+def test_sample_moments(kind):
+    means = jnp.array([[-5.0, 0.0], [5.0, 1.0]])
+    covariances = {
+        "full": jnp.array([[[1.0, 0.5], [0.5, 2.0]], [[0.5, 0.0], [0.0, 0.5]]]),
+        "diag": jnp.array([[1.0, 2.0], [0.5, 0.5]]),
+        "spherical": jnp.array([1.0, 0.5]),
+        "tied": jnp.array([[1.0, 0.5], [0.5, 2.0]]),
+    }[kind]
+    params = GMM(jnp.array([0.3, 0.7]), means, covariances, kind)
+    n = 40_000
+    X, labels = jaxgmm.sample(KEY, params, n)
+    assert X.shape == (n, 2) and labels.shape == (n,)
+    share = float(jnp.mean(labels == 0))
+    assert abs(share - 0.3) < 4 * np.sqrt(0.3 * 0.7 / n)
+    first = np.asarray(X[labels == 0])
+    np.testing.assert_allclose(first.mean(axis=0), means[0], atol=4 * np.sqrt(2.0 / len(first)))
+    full_cov = {
+        "full": lambda: covariances[0],
+        "tied": lambda: covariances,
+        "diag": lambda: jnp.diag(covariances[0]),
+        "spherical": lambda: jnp.eye(2) * covariances[0],
+    }[kind]()
+    np.testing.assert_allclose(np.cov(first.T), full_cov, atol=0.1)
+
+
+def test_bic_aic_definitions(fitted, blobs):
+    params = fitted["full"].params
+    ll = float(jaxgmm.log_likelihood(params, blobs))
+    p = jaxgmm.n_parameters(params)
+    assert p == 3 * 3 + 3 * 2 + 2  # K D (D+1)/2 + K D + K - 1
+    np.testing.assert_allclose(float(jaxgmm.bic(params, blobs)), -2 * ll + p * np.log(180))
+    np.testing.assert_allclose(float(jaxgmm.aic(params, blobs)), -2 * ll + 2 * p)
