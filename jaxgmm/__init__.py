@@ -7,7 +7,7 @@ from jaxgmm._src.criteria import aic, bic, n_parameters
 from jaxgmm._src.em import e_step, log_likelihood, log_prob, m_step, predict, predict_proba
 from jaxgmm._src.fitting import fit
 from jaxgmm._src.initialization import init_params
-from jaxgmm._src.model import FitResult, GMM
+from jaxgmm._src.model import GMM, FitResult
 from jaxgmm._src.sampling import sample
 from jaxgmm._src.serialization import load, save
 

@@ -109,8 +109,9 @@ def test_sample_weight_equals_repeated_rows(blobs):
     counts = np.random.default_rng(0).integers(0, 3, size=blobs.shape[0])
     repeated = np.repeat(blobs, counts, axis=0)
     start = jaxgmm.init_params(KEY, blobs, 3)
-    weighted = jaxgmm.fit(KEY, blobs, 3, init_params=start, sample_weight=counts, tol=0.0,
-                          max_iter=10)
+    weighted = jaxgmm.fit(
+        KEY, blobs, 3, init_params=start, sample_weight=counts, tol=0.0, max_iter=10
+    )
     plain = jaxgmm.fit(KEY, repeated, 3, init_params=start, tol=0.0, max_iter=10)
     for a, b in zip(jax.tree.leaves(weighted.params), jax.tree.leaves(plain.params)):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
@@ -122,8 +123,7 @@ def test_zero_weight_rows_leave_the_fit_unchanged(blobs):
     junk = np.full((20, 2), 1e3)
     padded = np.concatenate([blobs, junk])
     weights = np.concatenate([np.ones(len(blobs)), np.zeros(len(junk))])
-    a = jaxgmm.fit(KEY, padded, 3, init_params=start, sample_weight=weights, tol=0.0,
-                   max_iter=8)
+    a = jaxgmm.fit(KEY, padded, 3, init_params=start, sample_weight=weights, tol=0.0, max_iter=8)
     b = jaxgmm.fit(KEY, blobs, 3, init_params=start, tol=0.0, max_iter=8)
     for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
         np.testing.assert_allclose(x, y, rtol=1e-9, atol=1e-12)
@@ -309,8 +309,9 @@ def test_degenerate_data_gives_finite_answers(kind, dtype, name):
 def test_empty_component_rule():
     # Two points far apart, three components: one component must end up (nearly) empty.
     X = np.repeat(np.array([[0.0], [10.0]]), 20, axis=0)
-    start = GMM(jnp.array([0.4, 0.4, 0.2]), jnp.array([[0.0], [10.0], [1e4]]),
-                jnp.ones((3,)), "spherical")
+    start = GMM(
+        jnp.array([0.4, 0.4, 0.2]), jnp.array([[0.0], [10.0], [1e4]]), jnp.ones((3,)), "spherical"
+    )
     result = jaxgmm.fit(KEY, X, 3, covariance_type="spherical", init_params=start, max_iter=5)
     _assert_finite_mixture(result)
     weights = np.asarray(result.params.weights)

@@ -63,6 +63,11 @@ def q_function(params: GMM, X, resp) -> jax.Array:
     return jnp.sum(resp * log_joint(params, X))
 
 
+grad_q = jax.jit(jax.grad(q_function))
+grad_log_likelihood = jax.jit(jax.grad(jaxgmm.log_likelihood))
+
+
+@jax.jit
 def per_sample_grad_scale(params: GMM, X, resp) -> GMM:
     """``sum_n |d/dtheta (sum_k gamma_nk log pi_k N(x_n | ...))|``: the size of the terms whose
     sum is the gradient of Q, against which 'zero' is measured."""
@@ -105,7 +110,7 @@ def em_step(request, blobs):
 
 
 def relative_gradient(params, X, resp, field):
-    grad = getattr(jax.grad(q_function)(params, X, resp), field)
+    grad = getattr(grad_q(params, X, resp), field)
     scale = getattr(per_sample_grad_scale(params, X, resp), field)
     return np.max(np.abs(grad) / scale)
 
@@ -129,11 +134,11 @@ def test_weights_satisfy_lagrange_condition(em_step):
     multiplier for every k, namely sum_k N_k = N. (jaxgmm, like scikit-learn, adds 10 eps to
     N_k, which moves dQ/dpi_k by a relative 1e-14; rounding is at the same level.)"""
     X, resp, new = em_step
-    grad = jax.grad(q_function)(new, X, resp).weights
+    grad = grad_q(new, X, resp).weights
     np.testing.assert_allclose(np.asarray(grad), X.shape[0], rtol=1e-10)
     # Negative control: moving weight between two components breaks the condition.
     shifted = new.replace(weights=new.weights + jnp.array([1e-3, -1e-3, 0.0]))
-    shifted_grad = jax.grad(q_function)(shifted, X, resp).weights
+    shifted_grad = grad_q(shifted, X, resp).weights
     assert np.ptp(np.asarray(shifted_grad)) > 1e-3 * X.shape[0]
 
 
@@ -151,16 +156,16 @@ def test_fisher_identity(blobs, kind):
     theta = start_params(X, kind, seed=1)
     log_resp, _ = jaxgmm.e_step(theta, X)
     resp = jnp.exp(log_resp)
-    grad_q = jax.grad(q_function)(theta, X, resp)
-    grad_ll = jax.grad(jaxgmm.log_likelihood)(theta, X)
+    q_grad = grad_q(theta, X, resp)
+    grad_ll = grad_log_likelihood(theta, X)
     scale = per_sample_grad_scale(theta, X, resp)
     for field in ("weights", "means", "covariances"):
-        difference = np.abs(getattr(grad_q, field) - getattr(grad_ll, field))
+        difference = np.abs(getattr(q_grad, field) - getattr(grad_ll, field))
         assert np.max(difference / getattr(scale, field)) < FISHER_RTOL, field
 
     # Negative control: responsibilities from a different theta_old break the identity.
     other_log_resp, _ = jaxgmm.e_step(start_params(X, kind, seed=2), X)
-    grad_other = jax.grad(q_function)(theta, X, jnp.exp(other_log_resp))
+    grad_other = grad_q(theta, X, jnp.exp(other_log_resp))
     gap = np.abs(grad_other.means - grad_ll.means) / scale.means
     assert np.max(gap) > 1e-3
 
@@ -214,10 +219,10 @@ def maximise_q(u0: dict, kind: str, X, resp, max_steps=500, gtol=1e-11):
         _, state = carry
         count = optax.tree_utils.tree_get(state, "count")
         grad = optax.tree_utils.tree_get(state, "grad")
-        return (count == 0) | ((count < max_steps) & (optax.tree_utils.tree_l2_norm(grad) > gtol))
+        return (count == 0) | ((count < max_steps) & (optax.tree_utils.tree_norm(grad) > gtol))
 
     u, state = jax.lax.while_loop(keep_going, step, (u0, solver.init(u0)))
-    grad_norm = optax.tree_utils.tree_l2_norm(jax.grad(loss)(u))
+    grad_norm = optax.tree_utils.tree_norm(jax.grad(loss)(u))
     return u, optax.tree_utils.tree_get(state, "count"), grad_norm
 
 

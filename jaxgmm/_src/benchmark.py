@@ -102,9 +102,16 @@ def _sklearn_per_iteration(X, params, short, long, repeats):
     return per_iteration(run, short, long, repeats)
 
 
-def run_benchmark(shapes=DEFAULT_SHAPES, covariance_types=("full", "diag"),
-                  dtypes=("float64", "float32"), with_sklearn=True, repeats=3,
-                  iterations=(2, 12), seed=0, progress=None) -> list[BenchRow]:
+def run_benchmark(
+    shapes=DEFAULT_SHAPES,
+    covariance_types=("full", "diag"),
+    dtypes=("float64", "float32"),
+    with_sklearn=True,
+    repeats=3,
+    iterations=(2, 12),
+    seed=0,
+    progress=None,
+) -> list[BenchRow]:
     """Measure and return one :class:`BenchRow` per (shape, covariance type, dtype)."""
     rows = []
     rates = {}
@@ -121,8 +128,15 @@ def run_benchmark(shapes=DEFAULT_SHAPES, covariance_types=("full", "diag"),
                 start = init_params(jax.random.key(seed), X, k, covariance_type=kind)
 
                 def run_jax(n_iter, X=X, start=start, kind=kind, k=k):
-                    result = fit(jax.random.key(seed), X, k, covariance_type=kind,
-                                 init_params=start, max_iter=n_iter, tol=0.0)
+                    result = fit(
+                        jax.random.key(seed),
+                        X,
+                        k,
+                        covariance_type=kind,
+                        init_params=start,
+                        max_iter=n_iter,
+                        tol=0.0,
+                    )
                     result.log_likelihood.block_until_ready()
 
                 jax_s = per_iteration(run_jax, *iterations, repeats)
@@ -133,11 +147,16 @@ def run_benchmark(shapes=DEFAULT_SHAPES, covariance_types=("full", "diag"),
                     rates[dtype_name] = matmul_rate(dtype)
                 flops = flops_per_iteration(n, d, k, kind)
                 row = BenchRow(
-                    n_samples=n, n_features=d, n_components=k, covariance_type=kind,
-                    dtype=dtype_name, jaxgmm_ms=jax_s * 1e3,
+                    n_samples=n,
+                    n_features=d,
+                    n_components=k,
+                    covariance_type=kind,
+                    dtype=dtype_name,
+                    jaxgmm_ms=jax_s * 1e3,
                     sklearn_ms=None if sk_s is None else sk_s * 1e3,
                     speedup=None if sk_s is None else sk_s / jax_s,
-                    gflop_per_iter=flops / 1e9, jaxgmm_gflops=flops / jax_s / 1e9,
+                    gflop_per_iter=flops / 1e9,
+                    jaxgmm_gflops=flops / jax_s / 1e9,
                     matmul_gflops=rates[dtype_name] / 1e9,
                     fraction_of_matmul=flops / jax_s / rates[dtype_name],
                 )
@@ -149,18 +168,38 @@ def run_benchmark(shapes=DEFAULT_SHAPES, covariance_types=("full", "diag"),
 
 def format_table(rows: list[BenchRow]) -> str:
     """The rows as an aligned text table."""
-    header = ("N", "D", "K", "cov", "dtype", "jaxgmm ms/it", "sklearn ms/it", "speedup",
-              "GFLOP/it", "GFLOP/s", "matmul GFLOP/s", "of matmul")
+    header = (
+        "N",
+        "D",
+        "K",
+        "cov",
+        "dtype",
+        "jaxgmm ms/it",
+        "sklearn ms/it",
+        "speedup",
+        "GFLOP/it",
+        "GFLOP/s",
+        "matmul GFLOP/s",
+        "of matmul",
+    )
     lines = []
     for r in rows:
-        lines.append((
-            f"{r.n_samples:,}", str(r.n_features), str(r.n_components), r.covariance_type,
-            r.dtype, f"{r.jaxgmm_ms:.2f}",
-            "-" if r.sklearn_ms is None else f"{r.sklearn_ms:.2f}",
-            "-" if r.speedup is None else f"{r.speedup:.1f}x",
-            f"{r.gflop_per_iter:.3f}", f"{r.jaxgmm_gflops:.1f}", f"{r.matmul_gflops:.1f}",
-            f"{100 * r.fraction_of_matmul:.0f}%",
-        ))
+        lines.append(
+            (
+                f"{r.n_samples:,}",
+                str(r.n_features),
+                str(r.n_components),
+                r.covariance_type,
+                r.dtype,
+                f"{r.jaxgmm_ms:.2f}",
+                "-" if r.sklearn_ms is None else f"{r.sklearn_ms:.2f}",
+                "-" if r.speedup is None else f"{r.speedup:.1f}x",
+                f"{r.gflop_per_iter:.3f}",
+                f"{r.jaxgmm_gflops:.1f}",
+                f"{r.matmul_gflops:.1f}",
+                f"{100 * r.fraction_of_matmul:.0f}%",
+            )
+        )
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
     out = ["  ".join(h.rjust(w) for h, w in zip(header, widths))]
     out.append("  ".join("-" * w for w in widths))
@@ -183,5 +222,6 @@ def machine_description() -> dict:
 def write_json(path, rows: list[BenchRow]) -> None:
     """Write the rows and the machine description as JSON."""
     with open(path, "w") as handle:
-        json.dump({"machine": machine_description(), "rows": [asdict(r) for r in rows]},
-                  handle, indent=2)
+        json.dump(
+            {"machine": machine_description(), "rows": [asdict(r) for r in rows]}, handle, indent=2
+        )

@@ -3,7 +3,7 @@ never exist for all samples at once."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

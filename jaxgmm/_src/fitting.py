@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 
@@ -10,7 +9,7 @@ from jaxgmm._src import covariances as cov
 from jaxgmm._src import validation
 from jaxgmm._src.chunking import auto_chunk_size, chunked_sum
 from jaxgmm._src.initialization import initialize_centered
-from jaxgmm._src.model import FitResult, GMM
+from jaxgmm._src.model import GMM, FitResult
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -56,10 +55,13 @@ def _select(flag, new, old):
     return jax.tree.map(lambda a, b: jnp.where(flag, a, b), new, old)
 
 
-def run_em(params0: GMM, xc, weights, tol, reg_covar, max_iter: int, chunk_size: int):
+def run_em(
+    params0: GMM, xc, weights, tol, reg_covar, max_iter: int, chunk_size: int, progress=None
+):
     """EM from ``params0`` (centred coordinates) until the mean log-likelihood changes by
     less than ``tol`` or ``max_iter`` M-steps; a non-finite log-likelihood stops the loop and
-    keeps the last finite parameters.
+    keeps the last finite parameters. ``progress``, when given, is called from the loop with
+    ``(n_iter, mean_log_likelihood)`` after every iteration (``jax.debug.callback``).
 
     Returns
     -------
@@ -74,8 +76,15 @@ def run_em(params0: GMM, xc, weights, tol, reg_covar, max_iter: int, chunk_size:
 
     moments0, mean0 = evaluate(params0)
     history0 = jnp.full((max_iter,), jnp.nan, xc.dtype)
-    state0 = (params0, moments0, mean0, jnp.asarray(0), jnp.asarray(False),
-              ~jnp.isfinite(mean0), history0)
+    state0 = (
+        params0,
+        moments0,
+        mean0,
+        jnp.asarray(0),
+        jnp.asarray(False),
+        ~jnp.isfinite(mean0),
+        history0,
+    )
 
     def keep_going(state):
         _, _, _, n_iter, _, stopped, _ = state
@@ -92,6 +101,8 @@ def run_em(params0: GMM, xc, weights, tol, reg_covar, max_iter: int, chunk_size:
         moments = jnp.where(finite, new_moments, moments)
         mean = jnp.where(finite, new_mean, mean)
         n_iter = n_iter + finite.astype(n_iter.dtype)
+        if progress is not None:
+            jax.debug.callback(progress, n_iter, new_mean)
         return params, moments, mean, n_iter, converged, converged | ~finite, history
 
     params, _, mean, n_iter, converged, _, history = jax.lax.while_loop(
@@ -100,18 +111,33 @@ def run_em(params0: GMM, xc, weights, tol, reg_covar, max_iter: int, chunk_size:
     return params, mean * total_weight, n_iter, converged, history
 
 
-def _fit_core(key, X, weights, tol, reg_covar, start, *, n_components, covariance_type, init,
-              n_init, max_iter, chunk_size):
+def _fit_core(
+    key,
+    X,
+    weights,
+    tol,
+    reg_covar,
+    start,
+    *,
+    n_components,
+    covariance_type,
+    init,
+    n_init,
+    max_iter,
+    chunk_size,
+    progress,
+):
     center = jnp.sum(weights[:, None] * X, axis=0) / jnp.sum(weights)
     xc = X - center
 
     def one_restart(restart_key):
         if start is None:
-            params0 = initialize_centered(restart_key, xc, weights, n_components,
-                                          covariance_type, init, reg_covar, chunk_size)
+            params0 = initialize_centered(
+                restart_key, xc, weights, n_components, covariance_type, init, reg_covar, chunk_size
+            )
         else:
             params0 = cov.shift_means(start, -center)
-        return run_em(params0, xc, weights, tol, reg_covar, max_iter, chunk_size)
+        return run_em(params0, xc, weights, tol, reg_covar, max_iter, chunk_size, progress)
 
     if n_init == 1:
         params, total, n_iter, converged, history = one_restart(key)
@@ -133,8 +159,15 @@ def _fit_core(key, X, weights, tol, reg_covar, start, *, n_components, covarianc
 
 _fit_compiled = jax.jit(
     _fit_core,
-    static_argnames=("n_components", "covariance_type", "init", "n_init", "max_iter",
-                     "chunk_size"),
+    static_argnames=(
+        "n_components",
+        "covariance_type",
+        "init",
+        "n_init",
+        "max_iter",
+        "chunk_size",
+        "progress",
+    ),
 )
 
 
@@ -152,6 +185,7 @@ def fit(
     sample_weight=None,
     init_params: GMM | None = None,
     chunk_size: int | None = None,
+    progress=None,
 ) -> FitResult:
     """Fit a Gaussian mixture by expectation-maximisation.
 
@@ -184,6 +218,11 @@ def fit(
     chunk_size : int, optional
         Rows per chunk of the per-sample intermediates (bounds memory); chosen from the
         shapes when omitted.
+    progress : callable, optional
+        Called as ``progress(n_iter, mean_log_likelihood)`` from inside the compiled loop after
+        every iteration (through ``jax.debug.callback``; with ``n_init > 1`` the arguments
+        hold one value per restart). Static: pass the same function object to reuse the
+        compiled fit.
 
     Returns
     -------
@@ -234,9 +273,17 @@ def fit(
     else:
         chunk_size = validation.check_positive_int(chunk_size, "chunk_size")
     return _fit_compiled(
-        key, X, weights, jnp.asarray(tol, X.dtype), jnp.asarray(reg_covar, X.dtype),
-        init_params, n_components=K, covariance_type=covariance_type, init=init,
-        n_init=n_init, max_iter=max_iter, chunk_size=chunk_size,
+        key,
+        X,
+        weights,
+        jnp.asarray(tol, X.dtype),
+        jnp.asarray(reg_covar, X.dtype),
+        init_params,
+        n_components=K,
+        covariance_type=covariance_type,
+        init=init,
+        n_init=n_init,
+        max_iter=max_iter,
+        chunk_size=chunk_size,
+        progress=progress,
     )
-
-

@@ -135,8 +135,9 @@ def initial_responsibilities(key, xc, weights, n_components: int, method: str) -
     return _hard_responsibilities(xc, centers)
 
 
-def initialize_centered(key, xc, weights, n_components, covariance_type, method, reg_covar,
-                        chunk_size=None) -> GMM:
+def initialize_centered(
+    key, xc, weights, n_components, covariance_type, method, reg_covar, chunk_size=None
+) -> GMM:
     """Initial mixture for centred data: responsibilities from ``method``, then an M-step."""
     resp = initial_responsibilities(key, xc, weights, n_components, method)
     moments = weighted_moments(xc, weights, resp, covariance_type, chunk_size)
@@ -187,6 +188,7 @@ def init_params(
     validation.check_reg_covar(reg_covar)
     weights = jnp.ones((X.shape[0],), X.dtype)
     center = jnp.mean(X, axis=0)
-    params = initialize_centered(key, X - center, weights, K, covariance_type, method,
-                                 jnp.asarray(reg_covar, X.dtype))
+    params = initialize_centered(
+        key, X - center, weights, K, covariance_type, method, jnp.asarray(reg_covar, X.dtype)
+    )
     return cov.shift_means(params, center)

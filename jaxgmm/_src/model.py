@@ -59,7 +59,7 @@ class GMM:
         """Floating dtype of the parameters (that of ``means``)."""
         return self.means.dtype
 
-    def replace(self, **changes) -> "GMM":
+    def replace(self, **changes) -> GMM:
         """Return a copy with the given fields replaced."""
         return dataclasses.replace(self, **changes)
 

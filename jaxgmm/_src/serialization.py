@@ -24,8 +24,9 @@ def save(path, params: GMM) -> None:
     if not isinstance(params, GMM):
         raise TypeError(f"params must be a jaxgmm.GMM; got {type(params).__name__}")
     validation.check_covariance_type(params.covariance_type)
-    arrays = {name: np.asarray(getattr(params, name)) for name in ("weights", "means",
-                                                                  "covariances")}
+    arrays = {
+        name: np.asarray(getattr(params, name)) for name in ("weights", "means", "covariances")
+    }
     with open(os.fspath(path), "wb") as handle:
         np.savez(
             handle,

@@ -1,0 +1,7 @@
+"""``python -m jaxgmm``: the command line."""
+
+import sys
+
+from jaxgmm.cli import main
+
+sys.exit(main())
