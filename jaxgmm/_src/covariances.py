@@ -186,7 +186,9 @@ _COVARIANCES = {
 }
 
 
-def params_from_moments(moments: jax.Array, covariance_type: str, reg_covar) -> GMM:
+def params_from_moments(
+    moments: jax.Array, covariance_type: str, reg_covar, active: jax.Array | None = None
+) -> GMM:
     """The M-step: a mixture from the weighted sufficient statistics.
 
     Parameters
@@ -197,6 +199,9 @@ def params_from_moments(moments: jax.Array, covariance_type: str, reg_covar) -> 
     covariance_type : str
     reg_covar : float or Array, shape ()
         Added to the diagonal of every covariance.
+    active : Array, shape (K,), bool, optional
+        Components that take part; the others (padding) get weight exactly zero, so they
+        drop out of every later E-step.
 
     Returns
     -------
@@ -217,6 +222,8 @@ def params_from_moments(moments: jax.Array, covariance_type: str, reg_covar) -> 
     covariances = _COVARIANCES[covariance_type](
         moments[:, :n_quad], counts, means, jnp.asarray(reg_covar, dtype)
     )
+    if active is not None:
+        counts = jnp.where(active, counts, 0.0)
     weights = counts / jnp.sum(counts)
     return GMM(weights, means, covariances, covariance_type)
 

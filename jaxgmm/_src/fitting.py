@@ -56,12 +56,22 @@ def _select(flag, new, old):
 
 
 def run_em(
-    params0: GMM, xc, weights, tol, reg_covar, max_iter: int, chunk_size: int, progress=None
+    params0: GMM,
+    xc,
+    weights,
+    tol,
+    reg_covar,
+    max_iter: int,
+    chunk_size: int,
+    progress=None,
+    active=None,
 ):
     """EM from ``params0`` (centred coordinates) until the mean log-likelihood changes by
     less than ``tol`` or ``max_iter`` M-steps; a non-finite log-likelihood stops the loop and
     keeps the last finite parameters. ``progress``, when given, is called from the loop with
     ``(n_iter, mean_log_likelihood)`` after every iteration (``jax.debug.callback``).
+    ``active`` (shape (K,), bool) marks the components that take part; the others are
+    padding with weight zero (used to fit several K in one compiled program).
 
     Returns
     -------
@@ -92,7 +102,7 @@ def run_em(
 
     def iteration(state):
         params, moments, mean, n_iter, _, _, history = state
-        new_params = cov.params_from_moments(moments, covariance_type, reg_covar)
+        new_params = cov.params_from_moments(moments, covariance_type, reg_covar, active)
         new_moments, new_mean = evaluate(new_params)
         finite = jnp.isfinite(new_mean)
         converged = finite & (jnp.abs(new_mean - mean) < tol)
@@ -126,18 +136,28 @@ def _fit_core(
     max_iter,
     chunk_size,
     progress,
+    n_active=None,
 ):
     center = jnp.sum(weights[:, None] * X, axis=0) / jnp.sum(weights)
     xc = X - center
+    active = None if n_active is None else jnp.arange(n_components) < n_active
 
     def one_restart(restart_key):
         if start is None:
             params0 = initialize_centered(
-                restart_key, xc, weights, n_components, covariance_type, init, reg_covar, chunk_size
+                restart_key,
+                xc,
+                weights,
+                n_components,
+                covariance_type,
+                init,
+                reg_covar,
+                chunk_size,
+                active,
             )
         else:
             params0 = cov.shift_means(start, -center)
-        return run_em(params0, xc, weights, tol, reg_covar, max_iter, chunk_size, progress)
+        return run_em(params0, xc, weights, tol, reg_covar, max_iter, chunk_size, progress, active)
 
     if n_init == 1:
         params, total, n_iter, converged, history = one_restart(key)

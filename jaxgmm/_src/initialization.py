@@ -69,7 +69,7 @@ def kmeans_plusplus(key, xc, weights, n_components: int) -> jax.Array:
     return centers
 
 
-def lloyd(xc, weights, centers, max_iter: int = _LLOYD_MAX_ITER) -> jax.Array:
+def lloyd(xc, weights, centers, max_iter: int = _LLOYD_MAX_ITER, active=None) -> jax.Array:
     """Weighted Lloyd iterations in a ``lax.while_loop`` until no label changes.
 
     An empty cluster keeps its previous center.
@@ -80,6 +80,8 @@ def lloyd(xc, weights, centers, max_iter: int = _LLOYD_MAX_ITER) -> jax.Array:
     weights : Array, shape (N,)
     centers : Array, shape (K, D)
         Starting centers.
+    active : Array, shape (K,), bool, optional
+        Centers that may receive samples (the others are padding).
 
     Returns
     -------
@@ -88,7 +90,7 @@ def lloyd(xc, weights, centers, max_iter: int = _LLOYD_MAX_ITER) -> jax.Array:
     n_components = centers.shape[0]
 
     def assign(c):
-        return jnp.argmin(_squared_distances(xc, c), axis=1)
+        return _nearest(xc, c, active)
 
     def step(state):
         centers, labels, it, _ = state
@@ -109,39 +111,59 @@ def lloyd(xc, weights, centers, max_iter: int = _LLOYD_MAX_ITER) -> jax.Array:
     return centers
 
 
-def _hard_responsibilities(xc, centers):
-    labels = jnp.argmin(_squared_distances(xc, centers), axis=1)
+def _nearest(xc, centers, active=None):
+    distances = _squared_distances(xc, centers)
+    if active is not None:
+        distances = jnp.where(active, distances, jnp.inf)
+    return jnp.argmin(distances, axis=1)
+
+
+def _hard_responsibilities(xc, centers, active=None):
+    labels = _nearest(xc, centers, active)
     return jax.nn.one_hot(labels, centers.shape[0], dtype=xc.dtype)
 
 
-def initial_responsibilities(key, xc, weights, n_components: int, method: str) -> jax.Array:
+def initial_responsibilities(
+    key, xc, weights, n_components: int, method: str, active=None
+) -> jax.Array:
     """Responsibilities, shape (N, K), from which the first M-step builds the start.
 
     ``"kmeans++"``: each sample to its nearest k-means++ seed. ``"kmeans"``: to its nearest
     k-means center (k-means++ seeding, then Lloyd). ``"random"``: uniform random rows,
     normalised. ``"random_from_data"``: to its nearest of K distinct samples drawn at random.
+    Components outside ``active`` (shape (K,), bool) receive no responsibility.
     """
     if method == "random":
         resp = jax.random.uniform(key, (xc.shape[0], n_components), dtype=xc.dtype)
+        if active is not None:
+            resp = resp * active
         return resp / jnp.sum(resp, axis=1, keepdims=True)
     if method == "random_from_data":
         index = jax.random.choice(
             key, xc.shape[0], (n_components,), replace=False, p=weights / jnp.sum(weights)
         )
-        return _hard_responsibilities(xc, xc[index])
+        return _hard_responsibilities(xc, xc[index], active)
     centers = kmeans_plusplus(key, xc, weights, n_components)
     if method == "kmeans":
-        centers = lloyd(xc, weights, centers)
-    return _hard_responsibilities(xc, centers)
+        centers = lloyd(xc, weights, centers, active=active)
+    return _hard_responsibilities(xc, centers, active)
 
 
 def initialize_centered(
-    key, xc, weights, n_components, covariance_type, method, reg_covar, chunk_size=None
+    key,
+    xc,
+    weights,
+    n_components,
+    covariance_type,
+    method,
+    reg_covar,
+    chunk_size=None,
+    active=None,
 ) -> GMM:
     """Initial mixture for centred data: responsibilities from ``method``, then an M-step."""
-    resp = initial_responsibilities(key, xc, weights, n_components, method)
+    resp = initial_responsibilities(key, xc, weights, n_components, method, active)
     moments = weighted_moments(xc, weights, resp, covariance_type, chunk_size)
-    return cov.params_from_moments(moments, covariance_type, reg_covar)
+    return cov.params_from_moments(moments, covariance_type, reg_covar, active)
 
 
 def init_params(
