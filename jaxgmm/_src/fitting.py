@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
 from jaxgmm._src import covariances as cov
 from jaxgmm._src import validation
 from jaxgmm._src.chunking import auto_chunk_size, chunked_sum
+from jaxgmm._src.implicit import attach_implicit_gradients
 from jaxgmm._src.initialization import initialize_centered
 from jaxgmm._src.model import GMM, FitResult
 
@@ -121,6 +124,43 @@ def run_em(
     return params, mean * total_weight, n_iter, converged, history
 
 
+def run_em_unrolled(
+    params0: GMM,
+    xc,
+    weights,
+    tol,
+    reg_covar,
+    max_iter: int,
+    chunk_size: int,
+    progress=None,
+    active=None,
+):
+    """Exactly ``max_iter`` EM iterations in a ``lax.scan`` (reverse-differentiable, each
+    iteration rematerialised in the backward pass); same outputs as :func:`run_em`."""
+    total_weight = jnp.sum(weights)
+    covariance_type = params0.covariance_type
+
+    def evaluate(params):
+        moments, total = em_pass(params, xc, weights, chunk_size)
+        return moments, total / total_weight
+
+    @jax.checkpoint
+    def iteration(carry, index):
+        params, moments, mean = carry
+        new_params = cov.params_from_moments(moments, covariance_type, reg_covar, active)
+        new_moments, new_mean = evaluate(new_params)
+        if progress is not None:
+            jax.debug.callback(progress, index + 1, new_mean)
+        return (new_params, new_moments, new_mean), (new_mean, jnp.abs(new_mean - mean) < tol)
+
+    moments0, mean0 = evaluate(params0)
+    (params, _, mean), (history, small_change) = jax.lax.scan(
+        iteration, (params0, moments0, mean0), jnp.arange(max_iter)
+    )
+    converged = small_change[-1] & jnp.isfinite(mean)
+    return params, mean * total_weight, jnp.asarray(max_iter), converged, history
+
+
 def _fit_core(
     key,
     X,
@@ -137,6 +177,7 @@ def _fit_core(
     chunk_size,
     progress,
     n_active=None,
+    gradient="implicit",
 ):
     center = jnp.sum(weights[:, None] * X, axis=0) / jnp.sum(weights)
     xc = X - center
@@ -157,7 +198,9 @@ def _fit_core(
             )
         else:
             params0 = cov.shift_means(start, -center)
-        return run_em(params0, xc, weights, tol, reg_covar, max_iter, chunk_size, progress, active)
+            params0 = jax.lax.stop_gradient(params0)
+        run = run_em_unrolled if gradient == "unroll" else run_em
+        return run(params0, xc, weights, tol, reg_covar, max_iter, chunk_size, progress, active)
 
     if n_init == 1:
         params, total, n_iter, converged, history = one_restart(key)
@@ -187,6 +230,7 @@ _fit_compiled = jax.jit(
         "max_iter",
         "chunk_size",
         "progress",
+        "gradient",
     ),
 )
 
@@ -206,6 +250,9 @@ def fit(
     init_params: GMM | None = None,
     chunk_size: int | None = None,
     progress=None,
+    gradient: str = "implicit",
+    adjoint_tol=None,
+    adjoint_max_iter: int = 1000,
 ) -> FitResult:
     """Fit a Gaussian mixture by expectation-maximisation.
 
@@ -243,6 +290,19 @@ def fit(
         every iteration (through ``jax.debug.callback``; with ``n_init > 1`` the arguments
         hold one value per restart). Static: pass the same function object to reuse the
         compiled fit.
+    gradient : {"implicit", "unroll"}
+        How ``jax.grad`` sees the fit. ``"implicit"`` (default): the loop runs as usual and
+        the returned ``params`` and ``log_likelihood`` are differentiable with respect to
+        ``X``, ``sample_weight`` and ``reg_covar`` by implicit differentiation at the EM fixed
+        point (the adjoint system solved by a Neumann series of vector-Jacobian products of
+        one EM iteration). ``"unroll"``: exactly ``max_iter`` iterations in a ``lax.scan``
+        (``tol`` only sets ``converged``), differentiated step by step; the initialisation
+        is treated as a constant.
+    adjoint_tol : float, optional
+        Relative tolerance of the Neumann series (default ``1e-10`` in float64, ``1e-5`` in
+        float32).
+    adjoint_max_iter : int
+        Cap on the number of Neumann terms.
 
     Returns
     -------
@@ -292,13 +352,12 @@ def fit(
         chunk_size = auto_chunk_size(n_samples, max(width, K))
     else:
         chunk_size = validation.check_positive_int(chunk_size, "chunk_size")
-    return _fit_compiled(
-        key,
-        X,
-        weights,
-        jnp.asarray(tol, X.dtype),
-        jnp.asarray(reg_covar, X.dtype),
-        init_params,
+    if gradient not in ("implicit", "unroll"):
+        raise ValueError(f"gradient must be 'implicit' or 'unroll'; got {gradient!r}")
+    adjoint_max_iter = validation.check_positive_int(adjoint_max_iter, "adjoint_max_iter")
+    tol = jnp.asarray(tol, X.dtype)
+    reg_covar = jnp.asarray(reg_covar, X.dtype)
+    options = dict(
         n_components=K,
         covariance_type=covariance_type,
         init=init,
@@ -306,4 +365,24 @@ def fit(
         max_iter=max_iter,
         chunk_size=chunk_size,
         progress=progress,
+        gradient=gradient,
     )
+    if gradient == "unroll":
+        return _fit_compiled(key, X, weights, tol, reg_covar, init_params, **options)
+    stop = jax.lax.stop_gradient
+    result = _fit_compiled(
+        key, stop(X), stop(weights), tol, stop(reg_covar), init_params, **options
+    )
+    if adjoint_tol is None:
+        adjoint_tol = 1e-10 if X.dtype == jnp.float64 else 1e-5
+    params, log_likelihood = attach_implicit_gradients(
+        chunk_size,
+        adjoint_max_iter,
+        result.params,
+        result.log_likelihood,
+        X,
+        weights,
+        reg_covar,
+        jnp.asarray(adjoint_tol, X.dtype),
+    )
+    return dataclasses.replace(result, params=params, log_likelihood=log_likelihood)
