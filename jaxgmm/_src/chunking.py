@@ -4,6 +4,7 @@ never exist for all samples at once."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +20,25 @@ def auto_chunk_size(n_samples: int, width: int) -> int:
     return max(1, min(n_samples, rows))
 
 
-def chunked_sum(fn: Callable, rows: tuple, chunk_size: int):
+class Chunking(NamedTuple):
+    """How to split the sample axis: ``shards`` equal blocks (one per device when the data
+    are sharded along samples), each summed in chunks of ``size`` rows."""
+
+    size: int
+    shards: int = 1
+
+
+def sample_shards(X) -> int:
+    """Number of blocks the sample axis of a concrete ``jax.Array`` is sharded into (1 when
+    it is not sharded, or not concrete)."""
+    sharding = getattr(X, "sharding", None)
+    if sharding is None or isinstance(X, jax.core.Tracer) or X.ndim == 0:
+        return 1
+    rows = sharding.shard_shape(X.shape)[0]
+    return max(1, X.shape[0] // rows) if X.shape[0] % rows == 0 else 1
+
+
+def chunked_sum(fn: Callable, rows: tuple, chunk_size):
     """``sum(fn(*chunk) for chunk in chunks of rows)`` as one ``lax.scan`` plus a tail.
 
     Parameters
@@ -28,8 +47,10 @@ def chunked_sum(fn: Callable, rows: tuple, chunk_size: int):
         Maps arrays with a leading axis of ``n <= chunk_size`` rows to a pytree of arrays
         whose shapes do not depend on ``n``.
     rows : tuple of Array, each with leading axis N
-    chunk_size : int
-        Static number of rows per chunk.
+    chunk_size : int or Chunking
+        Static number of rows per chunk; a :class:`Chunking` with ``shards > 1`` first splits
+        the rows into that many equal blocks (which stay on their devices when the data are
+        sharded along samples), sums each block in chunks and adds the blocks.
 
     Returns
     -------
@@ -37,6 +58,13 @@ def chunked_sum(fn: Callable, rows: tuple, chunk_size: int):
         The sum of ``fn`` over all chunks (full chunks in a scan, the remainder once).
     """
     n_samples = rows[0].shape[0]
+    if isinstance(chunk_size, Chunking):
+        shards = chunk_size.shards
+        if shards > 1 and n_samples % shards == 0:
+            blocks = tuple(r.reshape((shards, n_samples // shards) + r.shape[1:]) for r in rows)
+            per_block = jax.vmap(lambda *b: chunked_sum(fn, b, chunk_size.size))(*blocks)
+            return jax.tree.map(lambda t: jnp.sum(t, axis=0), per_block)
+        chunk_size = chunk_size.size
     chunk_size = max(1, min(chunk_size, n_samples))
     n_full, tail = divmod(n_samples, chunk_size)
     if n_full == 1 and tail == 0:

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from jaxgmm._src import covariances as cov
 from jaxgmm._src import validation
-from jaxgmm._src.chunking import auto_chunk_size, chunked_sum
+from jaxgmm._src.chunking import Chunking, auto_chunk_size, chunked_sum, sample_shards
 from jaxgmm._src.implicit import attach_implicit_gradients
 from jaxgmm._src.initialization import initialize_centered
 from jaxgmm._src.model import GMM, FitResult
@@ -284,7 +284,11 @@ def fit(
         Starting parameters (same ``covariance_type``, ``K`` and ``D``).
     chunk_size : int, optional
         Rows per chunk of the per-sample intermediates (bounds memory); chosen from the
-        shapes when omitted.
+        shapes when omitted. When ``X`` is a ``jax.Array`` sharded along samples over several
+        devices, each device sums its own rows in chunks and only the ``(K, P)`` statistics
+        are reduced across devices (``X`` is never gathered). Inside an outer ``jit`` the
+        sharding of ``X`` is not visible here: pass ``chunk_size=N`` there to keep the
+        computation data-parallel.
     progress : callable, optional
         Called as ``progress(n_iter, mean_log_likelihood)`` from inside the compiled loop after
         every iteration (through ``jax.debug.callback``; with ``n_init > 1`` the arguments
@@ -347,11 +351,14 @@ def fit(
                 f"covariance_type={covariance_type!r}"
             )
         init_params = jax.tree.map(lambda leaf: jnp.asarray(leaf, X.dtype), init_params)
+    shards = sample_shards(X)
     if chunk_size is None:
         width = cov.n_quadratic_features(covariance_type, n_features) + n_features + 1
-        chunk_size = auto_chunk_size(n_samples, max(width, K))
+        chunk_size = auto_chunk_size(n_samples // shards, max(width, K))
     else:
         chunk_size = validation.check_positive_int(chunk_size, "chunk_size")
+    if shards > 1:
+        chunk_size = Chunking(chunk_size, shards)
     if gradient not in ("implicit", "unroll"):
         raise ValueError(f"gradient must be 'implicit' or 'unroll'; got {gradient!r}")
     adjoint_max_iter = validation.check_positive_int(adjoint_max_iter, "adjoint_max_iter")

@@ -24,6 +24,16 @@ def _squared_distances(xc: jax.Array, centers: jax.Array) -> jax.Array:
     return jnp.maximum(d2, 0.0)
 
 
+def _rows(xc: jax.Array, index: jax.Array) -> jax.Array:
+    """``xc[index]`` as a masked sum over samples, shape index.shape + (D,).
+
+    Unlike a gather, a sum over the sample axis stays local when ``xc`` is sharded along
+    samples (each device adds its rows, then a small all-reduce), so ``xc`` is never gathered.
+    """
+    hits = jnp.arange(xc.shape[0]) == jnp.asarray(index)[..., None]  # (..., N)
+    return jnp.einsum("...n,nd->...d", hits.astype(xc.dtype), xc, precision=HIGHEST)
+
+
 def _weighted_choice_logits(weights, scores):
     """Log-probabilities proportional to ``weights * scores``; falls back to ``weights`` when
     every score is zero (all points already coincide with a center)."""
@@ -51,18 +61,20 @@ def kmeans_plusplus(key, xc, weights, n_components: int) -> jax.Array:
     n_trials = 2 + int(math.log(n_components))
     key, first_key = jax.random.split(key)
     first = jax.random.categorical(first_key, jnp.log(weights))
-    centers = jnp.zeros((n_components, xc.shape[1]), xc.dtype).at[0].set(xc[first])
-    closest = _squared_distances(xc, xc[first][None])[:, 0]
+    first_row = _rows(xc, first)
+    centers = jnp.zeros((n_components, xc.shape[1]), xc.dtype).at[0].set(first_row)
+    closest = _squared_distances(xc, first_row[None])[:, 0]
 
     def add_center(i, carry):
         centers, closest, key = carry
         key, trial_key = jax.random.split(key)
         logits = _weighted_choice_logits(weights, closest)
         candidates = jax.random.categorical(trial_key, logits, shape=(n_trials,))
-        trial_closest = jnp.minimum(closest[:, None], _squared_distances(xc, xc[candidates]))
+        candidate_rows = _rows(xc, candidates)
+        trial_closest = jnp.minimum(closest[:, None], _squared_distances(xc, candidate_rows))
         potential = jnp.sum(weights[:, None] * trial_closest, axis=0)
         best = jnp.argmin(potential)
-        centers = centers.at[i].set(xc[candidates[best]])
+        centers = centers.at[i].set(candidate_rows[best])
         return centers, trial_closest[:, best], key
 
     centers, _, _ = jax.lax.fori_loop(1, n_components, add_center, (centers, closest, key))
@@ -142,7 +154,7 @@ def initial_responsibilities(
         index = jax.random.choice(
             key, xc.shape[0], (n_components,), replace=False, p=weights / jnp.sum(weights)
         )
-        return _hard_responsibilities(xc, xc[index], active)
+        return _hard_responsibilities(xc, _rows(xc, index), active)
     centers = kmeans_plusplus(key, xc, weights, n_components)
     if method == "kmeans":
         centers = lloyd(xc, weights, centers, active=active)
