@@ -318,8 +318,9 @@ def fit(
     -----
     Each iteration is an E-step at the current parameters followed by an M-step; the data
     are centred on their (weighted) mean internally, which keeps float32 accurate for data
-    far from the origin. A component that loses all its samples keeps a weight of order
-    machine epsilon, the data mean as its mean and ``reg_covar`` on its covariance diagonal;
+    far from the origin. A component that loses all its samples keeps a weight of
+    ``10 eps / sum(sample_weight)``, the data mean as its mean and ``reg_covar * I`` as its
+    covariance;
     a covariance that is numerically not positive definite is replaced by its (clamped)
     diagonal plus ``reg_covar``.
 
