@@ -391,3 +391,13 @@ def test_bic_aic_definitions(fitted, blobs):
     assert p == 3 * 3 + 3 * 2 + 2  # K D (D+1)/2 + K D + K - 1
     np.testing.assert_allclose(float(jaxgmm.bic(params, blobs)), -2 * ll + p * np.log(180))
     np.testing.assert_allclose(float(jaxgmm.aic(params, blobs)), -2 * ll + 2 * p)
+
+
+def test_constants_captured_by_jit_are_accepted(blobs):
+    X = jnp.asarray(blobs)
+    params = jaxgmm.init_params(KEY, blobs, 3)
+    captured = jax.jit(lambda: jaxgmm.log_prob(params, X))()
+    np.testing.assert_allclose(captured, jaxgmm.log_prob(params, blobs), rtol=1e-12)
+    bad = X.at[0, 0].set(jnp.inf)
+    with pytest.raises(ValueError, match="X"):
+        jax.jit(lambda: jaxgmm.log_prob(params, bad))()

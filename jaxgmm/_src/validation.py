@@ -50,9 +50,16 @@ def as_data(X, name: str = "X") -> jax.Array:
         raise ValueError(f"{name} must be 1-D (N,) or 2-D (N, D); got shape {X.shape}")
     if X.shape[0] == 0 or X.shape[1] == 0:
         raise ValueError(f"{name} is empty: shape {X.shape}")
-    if is_concrete(X) and not bool(jnp.all(jnp.isfinite(X))):
+    if is_concrete(X) and not all_finite(X):
         raise ValueError(f"{name} contains NaN or infinite values")
     return X
+
+
+def all_finite(x) -> bool:
+    """``all(isfinite(x))`` for a concrete array, evaluated now even inside a trace (a
+    constant captured by a jitted function is concrete but would otherwise be staged)."""
+    with jax.ensure_compile_time_eval():
+        return bool(jnp.all(jnp.isfinite(x)))
 
 
 def check_covariance_type(covariance_type) -> None:
@@ -121,11 +128,15 @@ def as_sample_weight(sample_weight, X: jax.Array) -> jax.Array:
             f"sample_weight must have shape (N,) = ({n_samples},); got {weights.shape}"
         )
     if is_concrete(weights):
-        if not bool(jnp.all(jnp.isfinite(weights))):
+        with jax.ensure_compile_time_eval():
+            finite = bool(jnp.all(jnp.isfinite(weights)))
+            negative = bool(jnp.any(weights < 0))
+            positive_sum = bool(jnp.sum(weights) > 0)
+        if not finite:
             raise ValueError("sample_weight contains NaN or infinite values")
-        if bool(jnp.any(weights < 0)):
+        if negative:
             raise ValueError("sample_weight must be non-negative")
-        if not bool(jnp.sum(weights) > 0):
+        if not positive_sum:
             raise ValueError("sample_weight must have a positive sum")
     return weights
 
