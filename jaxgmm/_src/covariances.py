@@ -69,6 +69,9 @@ def features(xc: jax.Array, covariance_type: str) -> jax.Array:
 
 
 def _precision_full(covariances, means):
+    if means.shape[-1] == 1:  # one feature: no factorisation needed
+        variances = covariances[:, 0, 0]
+        return -0.5 / variances[:, None], means / variances[:, None], -0.5 * jnp.log(variances)
     chol = jnp.linalg.cholesky(covariances)  # (K, D, D), S = L L'
     eye = jnp.broadcast_to(jnp.eye(means.shape[-1], dtype=means.dtype), chol.shape)
     chol_inv = jax.scipy.linalg.solve_triangular(chol, eye, lower=True)  # L^-1
@@ -148,8 +151,10 @@ def _repair_full(raw, reg_covar):
     definite (its Cholesky factor is not finite) is replaced by its clamped diagonal."""
     eye = jnp.eye(raw.shape[-1], dtype=raw.dtype)
     covariances = raw + reg_covar * eye
-    chol = jnp.linalg.cholesky(covariances)
-    ok = jnp.all(jnp.isfinite(chol), axis=(-2, -1))
+    if raw.shape[-1] == 1:
+        ok = covariances[..., 0, 0] > 0
+    else:
+        ok = jnp.all(jnp.isfinite(jnp.linalg.cholesky(covariances)), axis=(-2, -1))
     diagonal = jnp.maximum(jnp.diagonal(raw, axis1=-2, axis2=-1), 0.0) + reg_covar
     fallback = diagonal[..., :, None] * eye
     return jnp.where(ok[..., None, None], covariances, fallback)

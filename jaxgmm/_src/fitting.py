@@ -17,6 +17,28 @@ from jaxgmm._src.model import GMM, FitResult
 HIGHEST = jax.lax.Precision.HIGHEST
 
 
+# Below these sizes a product is written as broadcast multiplies and sums: XLA on CPU runs
+# products with a tiny contraction or output (1-D and 2-D data, small K) far below its
+# elementwise rate, especially batched under vmap.
+_SMALL_CONTRACTION = 8
+_SMALL_OUTPUT = 64
+
+
+def _times_coefficients(phi, coefficients):
+    """``phi @ coefficients``: (n, P) x (P, K) -> (n, K)."""
+    width = phi.shape[1]
+    if width <= _SMALL_CONTRACTION:
+        return sum(phi[:, p, None] * coefficients[p] for p in range(width))
+    return jnp.matmul(phi, coefficients, precision=HIGHEST)
+
+
+def _moments(resp, phi):
+    """``resp.T @ phi``: (n, K) x (n, P) -> (K, P)."""
+    if resp.shape[1] * phi.shape[1] <= _SMALL_OUTPUT:
+        return jnp.sum(resp[:, :, None] * phi[:, None, :], axis=0)
+    return jnp.matmul(resp.T, phi, precision=HIGHEST)
+
+
 def em_pass(params_c: GMM, xc, weights, chunk_size: int):
     """One fused pass over the data: E-step at ``params_c`` and the M-step statistics.
 
@@ -41,15 +63,14 @@ def em_pass(params_c: GMM, xc, weights, chunk_size: int):
 
     def on_chunk(x, w):
         phi = cov.features(x, covariance_type)
-        joint = jnp.matmul(phi, coefficients, precision=HIGHEST)  # (n, K)
+        joint = _times_coefficients(phi, coefficients)  # (n, K)
         # One exponential per entry serves both the log-sum-exp and the responsibilities.
         peak = jax.lax.stop_gradient(jnp.max(joint, axis=1, keepdims=True))
         unnormalised = jnp.exp(joint - peak)
         total = jnp.sum(unnormalised, axis=1, keepdims=True)
         per_sample = (peak + jnp.log(total))[:, 0]
         resp = unnormalised * (w[:, None] / total)
-        moments = jnp.matmul(resp.T, phi, precision=HIGHEST)
-        return moments, jnp.sum(jnp.where(w > 0, w * per_sample, 0.0))
+        return _moments(resp, phi), jnp.sum(jnp.where(w > 0, w * per_sample, 0.0))
 
     return chunked_sum(on_chunk, (xc, weights), chunk_size)
 
