@@ -48,10 +48,17 @@ def _prepare(params: GMM, X) -> tuple[GMM, jax.Array]:
     return params, X
 
 
-def _log_joint(params: GMM, X) -> jax.Array:
-    params, X = _prepare(params, X)
+@jax.jit
+def _log_joint_and_evidence(params: GMM, X) -> tuple[jax.Array, jax.Array]:
+    """Compiled once per shape: ``(log pi_k N(x_n | k), log p(x_n))``, shapes (N, K), (N,)."""
     params_c, xc = _centered(params, X)
-    return weighted_log_densities(params_c, xc)
+    joint = weighted_log_densities(params_c, xc)
+    return joint, jax.nn.logsumexp(joint, axis=1)
+
+
+def _log_joint(params: GMM, X) -> tuple[jax.Array, jax.Array]:
+    """Validate at the eager boundary, then run the compiled core."""
+    return _log_joint_and_evidence(*_prepare(params, X))
 
 
 def log_prob(params: GMM, X) -> jax.Array:
@@ -75,7 +82,7 @@ def log_prob(params: GMM, X) -> jax.Array:
     >>> round(float(log_prob(gmm, jnp.zeros((1, 1)))[0]), 4)
     -0.9189
     """
-    return jax.nn.logsumexp(_log_joint(params, X), axis=1)
+    return _log_joint(params, X)[1]
 
 
 def log_likelihood(params: GMM, X) -> jax.Array:
@@ -100,8 +107,7 @@ def e_step(params: GMM, X) -> tuple[jax.Array, jax.Array]:
     mean_log_likelihood : Array, shape ()
         ``(1/N) sum_n log p(x_n)``.
     """
-    joint = _log_joint(params, X)
-    per_sample = jax.nn.logsumexp(joint, axis=1)
+    joint, per_sample = _log_joint(params, X)
     return joint - per_sample[:, None], jnp.mean(per_sample)
 
 
@@ -112,7 +118,7 @@ def predict_proba(params: GMM, X) -> jax.Array:
 
 def predict(params: GMM, X) -> jax.Array:
     """Most responsible component of each sample, shape (N,), int."""
-    return jnp.argmax(_log_joint(params, X), axis=1)
+    return jnp.argmax(_log_joint(params, X)[0], axis=1)
 
 
 def weighted_moments(xc, weights, resp, covariance_type: str, chunk_size: int | None = None):
