@@ -476,6 +476,48 @@ def _cmd_demo(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# select
+
+
+def _cmd_select(args) -> int:
+    import jax
+    import numpy as np
+
+    import jaxgmm
+
+    X = _load_data(args.data, args.format, np.dtype(args.dtype))
+    ks = args.k_range
+    if ks[-1] > X.shape[0]:
+        raise UserError(f"K up to {ks[-1]} exceeds the number of samples ({X.shape[0]})")
+    if args.figure:
+        _check_writable(args.figure)
+    _status(args, f"fitting K = {ks[0]}..{ks[-1]} x {', '.join(args.covariance_type)}")
+    selection = jaxgmm.select(
+        jax.random.key(args.seed),
+        X,
+        ks,
+        covariance_types=tuple(args.covariance_type),
+        criterion=args.criterion,
+        n_init=args.n_init,
+        max_iter=args.max_iter,
+    )
+    print(selection.format_table())
+    print()
+    print(selection.summary())
+    if args.output:
+        _check_writable(args.output)
+        jaxgmm.save(args.output, selection.params)
+        print(f"saved the best model to {args.output}")
+    if args.figure:
+        _require_examples_extra()
+        from jaxgmm._src.selection_plot import plot_bic_curve
+
+        plot_bic_curve(selection, args.figure, criterion=args.criterion)
+        print(f"wrote {args.figure}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # bench
 
 
@@ -728,6 +770,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     segment.set_defaults(func=_cmd_segment)
 
+    select = sub.add_parser(
+        "select",
+        parents=[common, data_options],
+        help="choose K and the covariance type by BIC, AIC or ICL",
+        description="Fit every (K, covariance type) to DATA, all K of one type in one compiled "
+        "program, print the table of log-likelihood, parameters, BIC, AIC and ICL (lower is "
+        "better, as scikit-learn; R's mclust reports BIC with the opposite sign) with the best "
+        "cell marked, and optionally save the best model and a BIC-curve figure.",
+    )
+    select.add_argument("data", metavar="DATA", help="data file, one sample per row")
+    select.add_argument(
+        "--k-range",
+        type=_k_range,
+        default=list(range(1, 11)),
+        metavar="A..B",
+        help="numbers of components to try (default: 1..10)",
+    )
+    select.add_argument(
+        "--covariance-type",
+        action="append",
+        choices=COVARIANCE_TYPES,
+        metavar="TYPE",
+        help="repeatable; default all four",
+    )
+    select.add_argument(
+        "--criterion", choices=["bic", "aic", "icl"], default="bic", help="(default: bic)"
+    )
+    select.add_argument(
+        "--n-init", type=_positive_int, default=5, metavar="N", help="restarts per cell"
+    )
+    select.add_argument(
+        "--max-iter", type=_positive_int, default=100, metavar="N", help="(default: 100)"
+    )
+    select.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    select.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    select.add_argument("-o", "--output", metavar="MODEL", help="save the best model here")
+    select.add_argument("--figure", metavar="PNG", help="write the BIC curves here")
+    select.set_defaults(func=_cmd_select, covariance_type=None)
+
     demo = sub.add_parser(
         "demo",
         parents=[common],
@@ -790,6 +871,8 @@ def _fill_defaults(args) -> None:
         args.shape = args.shape or ["100000,16,16"]
         args.covariance_type = args.covariance_type or ["full", "diag"]
         args.dtype = args.dtype or ["float64", "float32"]
+    if args.command == "select":
+        args.covariance_type = args.covariance_type or list(COVARIANCE_TYPES)
 
 
 def main(argv=None) -> int:

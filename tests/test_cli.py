@@ -219,7 +219,7 @@ def test_persistent_compilation_cache(tmp_path, blobs_file):
     assert any(name.startswith("jit__fit_core") for name in os.listdir(cache))
 
 
-@pytest.mark.parametrize("command", ["fit", "predict", "segment", "demo", "bench"])
+@pytest.mark.parametrize("command", ["fit", "predict", "segment", "select", "demo", "bench"])
 def test_help(capsys, command):
     with pytest.raises(SystemExit) as exit_info:
         cli.main([command, "--help"])
@@ -370,3 +370,27 @@ def test_matched_accuracy_and_pca():
     np.testing.assert_allclose(np.abs(components @ reference.T), np.eye(3), atol=1e-8)
     np.testing.assert_allclose(scores, centred @ np.asarray(components).T, atol=1e-10)
     assert np.all(np.diff(explained) <= 0) and 0.9 < float(explained.sum()) < 1.0
+
+
+def test_select_prints_the_table_and_saves_the_best(tmp_path, capsys, blobs_file):
+    X, path = blobs_file
+    model = tmp_path / "best.npz"
+    figure = tmp_path / "bic.png"
+    status, out, err = run(
+        capsys, "select", path, "--k-range", "1..4", "--covariance-type", "full",
+        "--covariance-type", "spherical", "--n-init", "2", "-o", model, "--figure", figure,
+        "--quiet",
+    )  # fmt: skip
+    assert status == 0, err
+    marked = [line for line in out.splitlines() if line.startswith("*")]
+    assert len(marked) == 1
+    best = jaxgmm.load(model)
+    assert f"K = {best.n_components}" in out and best.covariance_type in marked[0]
+    # the marked row has the lowest BIC (fifth column) of the table
+    rows = [line.lstrip("* ").split() for line in out.splitlines() if line[:1] in ("*", " ")]
+    rows = [r for r in rows if len(r) >= 6 and r[0] in ("full", "spherical")]
+    bics = [float(r[4]) for r in rows]
+    assert len(rows) == 8 and float(marked[0].lstrip("* ").split()[4]) == min(bics)
+    assert figure.stat().st_size > 5000
+    status, _, err = run(capsys, "select", path, "--k-range", "1..500")
+    assert status == 2 and "exceeds the number of samples" in err

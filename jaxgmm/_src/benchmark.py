@@ -112,7 +112,7 @@ def run_benchmark(
     seed=0,
     progress=None,
 ) -> list[BenchRow]:
-    """Measure and return one :class:`BenchRow` per (shape, covariance type, dtype)."""
+    """Measure and return one ``BenchRow`` per (shape, covariance type, dtype)."""
     rows = []
     rates = {}
     for n, d, k in shapes:
@@ -225,3 +225,209 @@ def write_json(path, rows: list[BenchRow]) -> None:
         json.dump(
             {"machine": machine_description(), "rows": [asdict(r) for r in rows]}, handle, indent=2
         )
+
+
+# --- model selection: one compiled sweep against loops of separate fits
+
+
+@dataclass
+class SelectBench:
+    """Wall times in seconds of fitting every (K, covariance type) cell; ``*_cold`` include
+    JAX compilation (the first call in the process for those shapes), ``*_warm`` repeat the
+    same calls compiled. The ratios are loop time over sweep time (above 1: the sweep is
+    faster)."""
+
+    n_samples: int
+    n_features: int
+    K: list
+    covariance_types: list
+    n_init: int
+    dtype: str
+    select_cold_s: float
+    select_warm_s: float
+    jaxgmm_loop_cold_s: float | None
+    jaxgmm_loop_warm_s: float | None
+    sklearn_loop_s: float | None
+    sklearn_threads: int | None
+    sklearn_ratio_cold: float | None
+    sklearn_ratio_warm: float | None
+    jaxgmm_ratio_cold: float | None
+    jaxgmm_ratio_warm: float | None
+    select_choice: str
+    sklearn_choice: str | None
+
+
+def select_benchmark_data(n_samples=10_000, n_features=8, n_clusters=5, seed=0) -> np.ndarray:
+    """``n_clusters`` Gaussian clusters with random full covariances, float64."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(scale=4.0, size=(n_clusters, n_features))
+    mixing = rng.normal(scale=0.4, size=(n_clusters, n_features, n_features))
+    mixing += np.eye(n_features)
+    labels = rng.integers(0, n_clusters, n_samples)
+    noise = rng.normal(size=(n_samples, n_features))
+    return centers[labels] + np.einsum("nij,nj->ni", mixing[labels], noise)
+
+
+def run_select_benchmark(
+    n_samples=10_000,
+    n_features=8,
+    K=range(1, 11),
+    covariance_types=("full", "diag", "spherical", "tied"),
+    n_init=1,
+    dtype="float64",
+    with_jaxgmm_loop=True,
+    with_sklearn=True,
+    sklearn_threads=None,
+    seed=0,
+    progress=None,
+) -> SelectBench:
+    """Time ``jaxgmm.select`` against a Python loop of ``jaxgmm.fit`` calls and a loop
+    of ``sklearn.mixture.GaussianMixture`` fits over the same cells.
+
+    All three use k-means++ starts (scikit-learn's ``init_params="k-means++"``), ``n_init``
+    restarts per cell, ``tol=1e-3`` and ``max_iter=100``. Each jaxgmm timing blocks on the
+    results. Run in a fresh process for the cold (compilation included) numbers.
+    ``sklearn_threads`` caps scikit-learn's BLAS/OpenMP threads (``threadpoolctl``); on a
+    machine shared with other work its default thread pools can be many times slower.
+
+    Returns
+    -------
+    SelectBench
+    """
+    from jaxgmm._src.selection import count_parameters, select
+
+    if np.dtype(dtype) == np.float64 and not jax.config.jax_enable_x64:
+        raise RuntimeError("float64 benchmarks need jax_enable_x64")
+    Ks = [int(k) for k in K]
+    kinds = list(covariance_types)
+    X64 = select_benchmark_data(n_samples, n_features, seed=seed)
+    X = jnp.asarray(X64.astype(dtype))
+    say = progress or (lambda message: None)
+
+    def timed(fn):
+        start = time.perf_counter()
+        out = fn()
+        jax.block_until_ready(jax.tree.leaves(out))
+        return time.perf_counter() - start, out
+
+    def run_select(key):
+        return select(key, X, Ks, covariance_types=kinds, n_init=n_init, init="kmeans++")
+
+    select_cold, selection = timed(lambda: run_select(jax.random.key(seed)))
+    say(f"select (compilation included): {select_cold:.2f} s")
+    select_warm, _ = timed(lambda: run_select(jax.random.key(seed + 1)))
+    say(f"select (compiled): {select_warm:.2f} s")
+
+    def jax_loop(key):
+        results = []
+        for kind in kinds:
+            for k in Ks:
+                results.append(fit(key, X, k, covariance_type=kind, n_init=n_init, init="kmeans++"))
+        return [r.log_likelihood for r in results]
+
+    loop_cold = loop_warm = None
+    if with_jaxgmm_loop:
+        loop_cold, _ = timed(lambda: jax_loop(jax.random.key(seed)))
+        say(f"loop of jaxgmm.fit (compilation included): {loop_cold:.2f} s")
+        loop_warm, _ = timed(lambda: jax_loop(jax.random.key(seed + 1)))
+        say(f"loop of jaxgmm.fit (compiled): {loop_warm:.2f} s")
+
+    sklearn_s = sklearn_choice = None
+    if with_sklearn:
+        from sklearn.mixture import GaussianMixture
+        from threadpoolctl import threadpool_limits
+
+        bic = {}
+        start = time.perf_counter()
+        with threadpool_limits(sklearn_threads), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for kind in kinds:
+                for k in Ks:
+                    model = GaussianMixture(
+                        k,
+                        covariance_type=kind,
+                        n_init=n_init,
+                        init_params="k-means++",
+                        random_state=seed,
+                    ).fit(X64)
+                    bic[kind, k] = -2 * model.score(X64) * n_samples + count_parameters(
+                        k, n_features, kind
+                    ) * math.log(n_samples)
+        sklearn_s = time.perf_counter() - start
+        kind, k = min(bic, key=bic.get)
+        sklearn_choice = f"{kind} K={k}"
+        say(f"loop of scikit-learn fits: {sklearn_s:.2f} s")
+
+    def ratio(a, b):
+        return None if a is None else a / b
+
+    return SelectBench(
+        n_samples=n_samples,
+        n_features=n_features,
+        K=Ks,
+        covariance_types=kinds,
+        n_init=n_init,
+        dtype=str(np.dtype(dtype)),
+        select_cold_s=select_cold,
+        select_warm_s=select_warm,
+        jaxgmm_loop_cold_s=loop_cold,
+        jaxgmm_loop_warm_s=loop_warm,
+        sklearn_loop_s=sklearn_s,
+        sklearn_threads=sklearn_threads,
+        sklearn_ratio_cold=ratio(sklearn_s, select_cold),
+        sklearn_ratio_warm=ratio(sklearn_s, select_warm),
+        jaxgmm_ratio_cold=ratio(loop_cold, select_cold),
+        jaxgmm_ratio_warm=ratio(loop_warm, select_warm),
+        select_choice=f"{selection.covariance_type} K={selection.n_components}",
+        sklearn_choice=sklearn_choice,
+    )
+
+
+def format_select_bench(bench: SelectBench) -> str:
+    """The measurement as a few aligned lines."""
+
+    def seconds(value):
+        return "-" if value is None else f"{value:8.2f} s"
+
+    def times(value):
+        return "-" if value is None else f"{value:.1f}x"
+
+    head = (
+        f"select over K = {bench.K[0]}..{bench.K[-1]} x {len(bench.covariance_types)} "
+        f"covariance types, N = {bench.n_samples:,}, D = {bench.n_features}, "
+        f"n_init = {bench.n_init}, {bench.dtype}"
+    )
+    rows = [
+        ("", "compilation included", "compiled"),
+        ("jaxgmm.select (one sweep)", seconds(bench.select_cold_s), seconds(bench.select_warm_s)),
+        (
+            "loop of jaxgmm.fit",
+            seconds(bench.jaxgmm_loop_cold_s),
+            seconds(bench.jaxgmm_loop_warm_s),
+        ),
+        (
+            "loop of scikit-learn fits"
+            + ("" if bench.sklearn_threads is None else f" ({bench.sklearn_threads} thread(s))"),
+            seconds(bench.sklearn_loop_s),
+            seconds(bench.sklearn_loop_s),
+        ),
+        (
+            "speed-up over the jaxgmm loop",
+            times(bench.jaxgmm_ratio_cold),
+            times(bench.jaxgmm_ratio_warm),
+        ),
+        (
+            "speed-up over scikit-learn",
+            times(bench.sklearn_ratio_cold),
+            times(bench.sklearn_ratio_warm),
+        ),
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = [head]
+    lines += [
+        f"{r[0].ljust(widths[0])}  {r[1].rjust(widths[1])}  {r[2].rjust(widths[2])}" for r in rows
+    ]
+    lines.append(
+        f"choice: jaxgmm {bench.select_choice}; scikit-learn {bench.sklearn_choice or '-'}"
+    )
+    return "\n".join(lines)

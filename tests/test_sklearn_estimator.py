@@ -1,0 +1,446 @@
+"""``jaxgmm.sklearn.GaussianMixture``: scikit-learn's documented behaviour of GaussianMixture,
+``check_estimator``, Pipeline / GridSearchCV, padding to size buckets, and parity with
+scikit-learn's own estimator from the same starting parameters."""
+
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from sklearn import mixture
+from sklearn.datasets import load_iris
+from sklearn.exceptions import ConvergenceWarning, SkipTestWarning
+from sklearn.model_selection import GridSearchCV, KFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import check_estimator
+from threadpoolctl import threadpool_limits
+
+import jaxgmm
+from jaxgmm._src.compile_options import TunedJit, profile_for
+from jaxgmm._src.initialization import initialize_centered
+from jaxgmm.sklearn import _START_INIT, GaussianMixture, _fit_sklearn, bucket_size
+
+COVARIANCE_TYPES = ("full", "diag", "spherical", "tied")
+INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
+K = 3
+# Tests share compiled programs: the same K, bucket (blobs: 180 rows -> 256) and static options
+# wherever the point of the test allows. A fit from a given start runs START_ITER iterations.
+START_ITER = 3
+
+
+def covariance_shape(kind, k, d):
+    return {"full": (k, d, d), "diag": (k, d), "spherical": (k,), "tied": (d, d)}[kind]
+
+
+def start_arrays(X, kind, seed=0):
+    """Valid user-given weights, means and precisions, drawn with NumPy."""
+    rng = np.random.default_rng(seed)
+    n, d = X.shape
+    weights = rng.dirichlet(np.full(K, 5.0))
+    means = X[rng.choice(n, K, replace=False)] + rng.normal(scale=0.3, size=(K, d))
+    base = np.cov(X.T, bias=True)
+    if kind == "full":
+        covariances = np.stack([s * base for s in rng.uniform(0.3, 1.0, K)])
+        precisions = np.linalg.inv(covariances)
+    elif kind == "tied":
+        precisions = np.linalg.inv(0.5 * base)
+    elif kind == "diag":
+        precisions = 1.0 / (np.diag(base) * rng.uniform(0.3, 1.0, size=(K, d)))
+    else:
+        precisions = 1.0 / (np.mean(np.diag(base)) * rng.uniform(0.3, 1.0, size=K))
+    return weights, means, precisions
+
+
+@pytest.fixture(scope="module")
+def fitted(blobs):
+    return {
+        kind: GaussianMixture(K, covariance_type=kind, random_state=0).fit(blobs)
+        for kind in COVARIANCE_TYPES
+    }
+
+
+def test_import_jaxgmm_leaves_sklearn_and_x64_alone():
+    """``import jaxgmm`` does not import scikit-learn; float64 input is fitted in float64
+    without switching on JAX's global 64-bit mode."""
+    code = textwrap.dedent(
+        """
+        import sys
+        import jaxgmm
+        assert "sklearn" not in sys.modules, "import jaxgmm imported sklearn"
+        import jax, numpy as np
+        from jaxgmm.sklearn import GaussianMixture
+        X = np.random.default_rng(0).normal(size=(40, 2))
+        gm = GaussianMixture(2, random_state=0).fit(X)
+        assert gm.means_.dtype == np.float64, gm.means_.dtype
+        assert gm.score_samples(X).dtype == np.float64
+        assert not jax.config.jax_enable_x64
+        assert jax.numpy.ones(1).dtype == np.float32
+        """
+    )
+    env = {"JAX_ENABLE_X64": "0", "JAX_PLATFORMS": "cpu", "PATH": ""}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
+
+
+def test_bucket_sizes():
+    assert [bucket_size(n) for n in (1, 2, 63, 64, 65, 128, 129)] == [64, 64, 64, 64, 128, 128, 256]
+    for n in (1, 70, 5000, 65536, 65537, 10**6 + 3):
+        assert bucket_size(n) >= n
+    assert bucket_size(10**6 + 3) < 1.02 * (10**6 + 3)
+
+
+@pytest.mark.parametrize("kind", COVARIANCE_TYPES)
+def test_fitted_attributes(fitted, blobs, kind):
+    gm = fitted[kind]
+    n, d = blobs.shape
+    cov_shape = covariance_shape(kind, K, d)
+    assert gm.weights_.shape == (K,)
+    assert gm.means_.shape == (K, d)
+    assert gm.covariances_.shape == cov_shape
+    assert gm.precisions_.shape == cov_shape
+    assert gm.precisions_cholesky_.shape == cov_shape
+    assert gm.n_features_in_ == d
+    assert gm.converged_ is True
+    assert isinstance(gm.n_iter_, int) and 1 <= gm.n_iter_ <= gm.max_iter
+    np.testing.assert_allclose(gm.weights_.sum(), 1.0, rtol=1e-12)
+    # lower_bound_ is the mean log-likelihood before the last M-step (scikit-learn's meaning),
+    # within tol of the converged score.
+    assert gm.lower_bound_ <= gm.score(blobs) + 1e-12
+    assert gm.score(blobs) - gm.lower_bound_ < gm.tol
+    # Precisions invert the covariances; precisions_cholesky_ U satisfies U U' = precision and
+    # is upper triangular (scikit-learn's convention).
+    if kind in ("full", "tied"):
+        covs = gm.covariances_.reshape(-1, d, d)
+        chols = gm.precisions_cholesky_.reshape(-1, d, d)
+        precs = gm.precisions_.reshape(-1, d, d)
+        for c, u, p in zip(covs, chols, precs):
+            np.testing.assert_allclose(p, np.linalg.inv(c), rtol=1e-8, atol=1e-10)
+            np.testing.assert_allclose(u @ u.T, p, rtol=1e-8, atol=1e-10)
+            np.testing.assert_array_equal(np.tril(u, -1), 0.0)
+    else:
+        np.testing.assert_allclose(gm.precisions_, 1.0 / gm.covariances_, rtol=1e-12)
+        np.testing.assert_allclose(gm.precisions_cholesky_**2, gm.precisions_, rtol=1e-12)
+
+
+@pytest.mark.parametrize("kind", COVARIANCE_TYPES)
+def test_methods_match_sklearn_at_same_parameters(fitted, blobs, kind):
+    """score_samples, predict_proba, predict, score, bic and aic equal scikit-learn's own
+    estimator given our fitted parameters (an independent implementation)."""
+    gm = fitted[kind]
+    ref = mixture.GaussianMixture(K, covariance_type=kind)
+    for name in ("weights_", "means_", "covariances_", "precisions_", "precisions_cholesky_"):
+        setattr(ref, name, getattr(gm, name))
+    ref.converged_, ref.n_iter_, ref.n_features_in_ = True, gm.n_iter_, gm.n_features_in_
+    ref.lower_bound_ = gm.lower_bound_
+    X = blobs + 0.25
+    np.testing.assert_allclose(gm.score_samples(X), ref.score_samples(X), rtol=1e-10)
+    np.testing.assert_allclose(gm.predict_proba(X), ref.predict_proba(X), atol=1e-10)
+    np.testing.assert_array_equal(gm.predict(X), ref.predict(X))
+    np.testing.assert_allclose(gm.score(X), ref.score(X), rtol=1e-10)
+    np.testing.assert_allclose(gm.bic(X), ref.bic(X), rtol=1e-10)
+    np.testing.assert_allclose(gm.aic(X), ref.aic(X), rtol=1e-10)
+    params = jaxgmm.GMM(gm.weights_, gm.means_, gm.covariances_, kind)
+    np.testing.assert_allclose(gm.bic(X), float(jaxgmm.bic(params, X)), rtol=1e-10)
+
+
+@pytest.mark.parametrize("kind", COVARIANCE_TYPES)
+def test_parity_with_sklearn_from_given_start(blobs, kind):
+    """From the same user-given weights/means/precisions, a few EM iterations (tol=0) give
+    scikit-learn's parameters."""
+    weights, means, precisions = start_arrays(blobs, kind)
+    options = dict(
+        covariance_type=kind,
+        tol=0.0,
+        max_iter=START_ITER,
+        weights_init=weights,
+        means_init=means,
+        precisions_init=precisions,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ours = GaussianMixture(K, **options).fit(blobs)
+        ref = mixture.GaussianMixture(K, **options).fit(blobs)
+    assert ours.n_iter_ == ref.n_iter_ == START_ITER
+    np.testing.assert_allclose(ours.lower_bound_, ref.lower_bound_, rtol=1e-9)
+    for name in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
+        np.testing.assert_allclose(getattr(ours, name), getattr(ref, name), rtol=1e-7, atol=1e-9)
+
+
+def test_stopping_rule_matches_sklearn(fitted, blobs):
+    """tol means what it means in scikit-learn: from the same start, the same number of
+    iterations, convergence flag and lower bound."""
+    gm = fitted["full"]
+    options = dict(
+        tol=1e-4,
+        max_iter=START_ITER,
+        weights_init=gm.weights_,
+        means_init=gm.means_ + 0.05,
+        precisions_init=gm.precisions_,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for tol in (1e-4, 1e-2):
+            ours = GaussianMixture(K, **{**options, "tol": tol}).fit(blobs)
+            ref = mixture.GaussianMixture(K, **{**options, "tol": tol}).fit(blobs)
+            assert (ours.n_iter_, ours.converged_) == (ref.n_iter_, ref.converged_)
+            np.testing.assert_allclose(ours.lower_bound_, ref.lower_bound_, rtol=1e-9)
+            np.testing.assert_allclose(ours.means_, ref.means_, rtol=1e-8)
+
+
+def test_max_iter_zero_keeps_user_start(blobs):
+    weights, means, precisions = start_arrays(blobs, "full")
+    gm = GaussianMixture(
+        K, max_iter=0, weights_init=weights, means_init=means, precisions_init=precisions
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)  # no warning for max_iter=0
+        gm.fit(blobs)
+    np.testing.assert_allclose(gm.weights_, weights, rtol=1e-12)
+    np.testing.assert_allclose(gm.means_, means, rtol=1e-12)
+    np.testing.assert_allclose(gm.precisions_, precisions, rtol=1e-9)
+    assert gm.n_iter_ == 0 and gm.converged_ is False and gm.lower_bound_ == -np.inf
+
+
+@pytest.mark.parametrize("given", ["weights", "means", "precisions"])
+def test_partial_user_start_overrides_init(blobs, given):
+    """One user-given array replaces that part of the init_params start (max_iter=0 shows the
+    start itself); the constructor arguments are left untouched."""
+    weights, means, precisions = start_arrays(blobs, "diag")
+    arrays = {"weights": weights, "means": means, "precisions": precisions}
+    value = arrays[given].tolist()
+    gm = GaussianMixture(K, covariance_type="diag", max_iter=0, random_state=0)
+    gm.set_params(**{f"{given}_init": value})
+    gm.fit(blobs)
+    assert getattr(gm, f"{given}_init") is value
+    np.testing.assert_allclose(getattr(gm, f"{given}_"), arrays[given], rtol=1e-9)
+    if given == "means":  # and EM runs from it (tol=0: START_ITER iterations)
+        with pytest.warns(ConvergenceWarning):
+            gm.set_params(max_iter=START_ITER, tol=0.0).fit(blobs)
+        assert gm.n_iter_ == START_ITER and np.isfinite(gm.lower_bound_)
+
+
+def test_user_start_errors(blobs):
+    weights, means, precisions = start_arrays(blobs, "full")
+    bad = {
+        "weights_init": [weights[:2], weights * 2, -weights],
+        "means_init": [means[:, :1]],
+        "precisions_init": [precisions[:2], -precisions, precisions + np.triu(np.ones(2), 1)],
+    }
+    for name, values in bad.items():
+        for value in values:
+            with pytest.raises(ValueError, match=name):
+                GaussianMixture(K, **{name: value}).fit(blobs)
+
+
+@pytest.mark.parametrize(
+    "params, error",
+    [
+        (dict(n_components=0), ValueError),
+        (dict(n_components=2.5), TypeError),
+        (dict(covariance_type="banana"), ValueError),
+        (dict(init_params="kmeans+"), ValueError),
+        (dict(tol=-1.0), ValueError),
+        (dict(reg_covar=-1e-6), ValueError),
+        (dict(n_init=0), ValueError),
+        (dict(max_iter=-1), ValueError),
+    ],
+)
+def test_bad_constructor_arguments_raise_at_fit(blobs, params, error):
+    with pytest.raises(error, match=next(iter(params))):
+        GaussianMixture(**params).fit(blobs)
+
+
+def test_n_components_checked_against_true_sample_count():
+    """Padding to a bucket of 64 rows must not let K exceed the real number of samples."""
+    X = np.random.default_rng(0).normal(size=(5, 2))
+    with pytest.raises(ValueError, match="n_samples >= n_components"):
+        GaussianMixture(6).fit(X)
+
+
+@pytest.mark.parametrize("init", INIT_PARAMS)
+def test_every_init_option(blobs, init):
+    gm = GaussianMixture(K, init_params=init, random_state=0).fit(blobs)
+    assert gm.converged_ and np.isfinite(gm.lower_bound_)
+    assert np.all(gm.weights_ > 0.05)
+    labels = gm.fit_predict(blobs)
+    np.testing.assert_array_equal(labels, gm.predict(blobs))
+
+
+def run_from_start(X, start, weights=None):
+    """The estimator's jitted fit from a start (same static arguments), without padding."""
+    X = jnp.asarray(X)
+    weights = jnp.ones(len(X)) if weights is None else jnp.asarray(weights)
+    return _fit_sklearn(
+        jax.random.key(0), X, weights, jnp.asarray(0.0), jnp.asarray(1e-6), start,
+        n_components=K, covariance_type="full", init=_START_INIT, n_init=1,
+        max_iter=START_ITER, chunk_size=len(X), progress=None, profile=profile_for(len(X)),
+    )  # fmt: skip
+
+
+def test_zero_weight_rows_leave_fit_unchanged(blobs):
+    """What padding relies on: rows of weight zero (here far-away junk) change nothing from the
+    same start, to 1e-10; and the estimator (180 rows padded to 256) equals the core run on
+    the 180 rows alone."""
+    weights, means, precisions = start_arrays(blobs, "full")
+    start = jaxgmm.GMM(weights, means, np.linalg.inv(precisions), "full")
+    plain = run_from_start(blobs, start)
+    junk = np.full((256 - len(blobs), 2), 1e3)
+    padded = run_from_start(
+        np.concatenate([blobs, junk]), start, np.r_[np.ones(len(blobs)), np.zeros(len(junk))]
+    )
+    for a, b in zip(jax.tree.leaves(plain.params), jax.tree.leaves(padded.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(plain.lower_bound, padded.lower_bound, rtol=1e-12)
+    with pytest.warns(ConvergenceWarning):
+        gm = GaussianMixture(
+            K,
+            tol=0.0,
+            max_iter=START_ITER,
+            weights_init=weights,
+            means_init=means,
+            precisions_init=precisions,
+        ).fit(blobs)
+    np.testing.assert_allclose(gm.means_, plain.params.means, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(gm.covariances_, plain.params.covariances, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(gm.lower_bound_, plain.lower_bound, rtol=1e-12)
+
+
+_init_compiled = TunedJit(initialize_centered, ("n_components", "covariance_type", "method"))
+
+
+@pytest.mark.parametrize("init", ("kmeans", "kmeans++", "random", "random_from_data"))
+def test_initialisation_ignores_zero_weight_rows(blobs, init):
+    """No initialisation picks (or is pulled by) a padding row: put the padding far away and
+    check every starting mean stays within the real data."""
+    X = np.concatenate([blobs, np.full((76, 2), 1e6)])
+    weights = np.r_[np.ones(len(blobs)), np.zeros(76)]
+    for seed in range(3):
+        params = _init_compiled(
+            jax.random.key(seed), jnp.asarray(X), jnp.asarray(weights), n_components=5,
+            covariance_type="full", method=init, reg_covar=1e-6, profile="cheap",
+        )  # fmt: skip
+        means = np.asarray(params.means)
+        assert np.all(means >= blobs.min(0) - 1e-9) and np.all(means <= blobs.max(0) + 1e-9)
+
+
+def test_sample_counts_in_a_bucket_share_one_compiled_fit(blobs):
+    before = _fit_sklearn._cache_size()
+    for n in (130, 150, 180):
+        GaussianMixture(K, random_state=0).fit(blobs[:n])
+    assert _fit_sklearn._cache_size() - before <= 1
+
+
+def test_random_state_reproducible(blobs):
+    a = GaussianMixture(K, init_params="random", random_state=3).fit(blobs)
+    b = GaussianMixture(K, init_params="random", random_state=3).fit(blobs)
+    np.testing.assert_array_equal(a.means_, b.means_)
+    rng = np.random.RandomState(7)
+    c = GaussianMixture(K, init_params="random", random_state=rng, max_iter=START_ITER, tol=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        first, second = c.fit(blobs).means_.copy(), c.fit(blobs).means_.copy()
+    assert not np.allclose(first, second)  # a RandomState instance is consumed
+
+
+def test_fit_predict_equals_fit_then_predict(blobs):
+    a = GaussianMixture(K, random_state=1, tol=1e-6)
+    labels = a.fit_predict(blobs)
+    assert a.converged_
+    b = GaussianMixture(K, random_state=1, tol=1e-6).fit(blobs)
+    np.testing.assert_array_equal(labels, b.predict(blobs))
+
+
+def test_warm_start_continues_the_last_fit(blobs):
+    """A warm-started fit runs EM from the previous parameters: the same as a fit given them
+    as weights_init / means_init / precisions_init; n_init is ignored."""
+    options = dict(tol=0.0, max_iter=START_ITER)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warm = GaussianMixture(
+            K, warm_start=True, init_params="random", random_state=0, **options
+        ).fit(blobs)
+        bound, previous = warm.lower_bound_, (warm.weights_, warm.means_, warm.precisions_)
+        warm.set_params(n_init=5).fit(blobs)
+        given = GaussianMixture(
+            K, weights_init=previous[0], means_init=previous[1], precisions_init=previous[2],
+            **options,
+        ).fit(blobs)  # fmt: skip
+    assert warm.lower_bound_ >= bound
+    np.testing.assert_allclose(warm.means_, given.means_, rtol=1e-10)
+    np.testing.assert_allclose(warm.covariances_, given.covariances_, rtol=1e-10)
+    np.testing.assert_allclose(warm.lower_bound_, given.lower_bound_, rtol=1e-12)
+
+
+def test_convergence_warning_and_verbose(blobs, capsys):
+    with pytest.warns(ConvergenceWarning, match="did not converge"):
+        gm = GaussianMixture(
+            K,
+            init_params="random",
+            max_iter=START_ITER,
+            tol=0.0,
+            random_state=0,
+            verbose=2,
+            verbose_interval=1,
+        ).fit(blobs)
+    assert gm.converged_ is False and gm.n_iter_ == START_ITER
+    out = capsys.readouterr().out
+    assert "Initialization" in out and f"Iteration {START_ITER}" in out
+
+
+@pytest.mark.parametrize("kind", ("full", "spherical"))
+def test_sample(fitted, kind):
+    gm = fitted[kind]
+    X, y = gm.sample(500)
+    assert X.shape == (500, 2) and y.shape == (500,)
+    assert X.dtype == np.float64 and np.issubdtype(y.dtype, np.integer)
+    assert np.all(np.diff(y) >= 0)  # grouped by component, as scikit-learn
+    assert set(np.unique(y)) <= set(range(K))
+    for k in np.unique(y):  # samples of a component sit near its mean
+        assert np.linalg.norm(X[y == k].mean(0) - gm.means_[k]) < 1.0
+    with pytest.raises(ValueError, match="n_samples"):
+        gm.sample(0)
+
+
+def test_float32_input_is_fitted_in_float32(blobs):
+    gm = GaussianMixture(K, random_state=0).fit(blobs.astype(np.float32))
+    assert gm.means_.dtype == np.float32 and gm.covariances_.dtype == np.float32
+    assert gm.score_samples(blobs.astype(np.float32)).dtype == np.float32
+
+
+def test_pipeline_and_grid_search(blobs):
+    pipe = make_pipeline(StandardScaler(), GaussianMixture(random_state=0))
+    folds = KFold(4, shuffle=True, random_state=0)  # blobs are sorted by cluster
+    search = GridSearchCV(pipe, {"gaussianmixture__n_components": [1, K]}, cv=folds)
+    search.fit(blobs)
+    assert search.best_params_["gaussianmixture__n_components"] == K
+    assert np.isfinite(search.score(blobs))
+    assert search.predict(blobs).shape == (len(blobs),)
+
+
+def test_iris_score_at_least_sklearns():
+    X = load_iris().data
+    ours = GaussianMixture(3, n_init=10, random_state=0).fit(X).score(X)
+    with threadpool_limits(1):  # scikit-learn's thread pools crawl on a busy 2-core machine
+        ref = mixture.GaussianMixture(3, n_init=10, random_state=0).fit(X).score(X)
+    assert ours >= ref - 1e-6
+
+
+def test_check_estimator():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.simplefilter("ignore", SkipTestWarning)  # array-API checks need SCIPY_ARRAY_API
+        check_estimator(GaussianMixture())
+
+
+def test_feature_names_in(blobs):
+    pandas = pytest.importorskip("pandas")
+    frame = pandas.DataFrame(blobs, columns=["a", "b"])
+    gm = GaussianMixture(K, random_state=0).fit(frame)
+    assert gm.feature_names_in_.tolist() == ["a", "b"]
+    np.testing.assert_array_equal(gm.predict(frame), gm.predict(blobs))
+    with pytest.raises(ValueError, match="feature names"):
+        gm.predict(frame.rename(columns={"a": "c"}))
