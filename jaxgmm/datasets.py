@@ -1,6 +1,6 @@
 """Reading data from files: CSV, NumPy ``.npy``/``.npz`` and MNIST's IDX format.
 
-Everything here returns NumPy arrays (pass them to :func:`jaxgmm.fit` as they are) and never
+Everything here returns NumPy arrays (pass them to ``jaxgmm.fit`` as they are) and never
 downloads anything. Only NumPy and the standard library are used.
 """
 

@@ -1,4 +1,4 @@
-"""Many small mixtures at once: one ``jax.vmap`` of :func:`jaxgmm.fit` over groups, timed
+"""Many small mixtures at once: one ``jax.vmap`` of ``jaxgmm.fit`` over groups, timed
 against a Python loop of single jaxgmm fits and a loop of scikit-learn fits.
 
 Run it with ``python -m jaxgmm._src.bench_groups`` (add ``--help`` for the options).
@@ -220,7 +220,7 @@ def run_groups_benchmark(
 
 
 def format_groups_benchmark(r: GroupsBenchmark) -> str:
-    """A readable report of a :class:`GroupsBenchmark`."""
+    """A readable report of a ``GroupsBenchmark``."""
     scaled = r.loop_groups != r.n_groups
     note = (
         f"(measured on {r.loop_groups} groups, scaled x{r.n_groups / r.loop_groups:g})"

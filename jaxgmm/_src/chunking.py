@@ -48,7 +48,7 @@ def chunked_sum(fn: Callable, rows: tuple, chunk_size):
         whose shapes do not depend on ``n``.
     rows : tuple of Array, each with leading axis N
     chunk_size : int or Chunking
-        Static number of rows per chunk; a :class:`Chunking` with ``shards > 1`` first splits
+        Static number of rows per chunk; a ``Chunking`` with ``shards > 1`` first splits
         the rows into that many equal blocks (which stay on their devices when the data are
         sharded along samples), sums each block in chunks and adds the blocks.
 

@@ -9,11 +9,11 @@ where ``quad(x)`` holds the second-order monomials the type needs: all ``x_i x_j
 and ``"spherical"`` (``M = D``). Then
 
 * the E-step log-densities of all components are one product ``phi(X) @ W`` with ``W`` of shape
-  ``(P, K)`` built from the parameters (:func:`log_density_coefficients`), because
+  ``(P, K)`` built from the parameters (``log_density_coefficients``), because
   ``log N(x | mu, S) = -1/2 x'Px + mu'Px - 1/2 mu'P mu + 1/2 log|P| - D/2 log(2 pi)``, ``P = S^-1``;
 * the M-step sufficient statistics are one product ``R.T @ phi(X)`` of shape ``(K, P)``
   (weighted responsibilities ``R``), holding the second moments, first moments and counts
-  (:func:`params_from_moments`).
+  (``params_from_moments``).
 
 This never materialises an ``(N, K, D)`` array. Callers centre the data first (subtracting the
 data mean), which keeps the uncentred second moments well conditioned in float32.

@@ -161,7 +161,7 @@ def m_step(
     ----------
     X : Array, shape (N, D)
     log_resp : Array, shape (N, K)
-        Log responsibilities, e.g. from :func:`e_step`.
+        Log responsibilities, e.g. from ``e_step``.
     covariance_type : {"full", "diag", "spherical", "tied"}
     reg_covar : float
         Non-negative, added to the diagonal of the covariances.

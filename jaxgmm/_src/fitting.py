@@ -157,7 +157,7 @@ def run_em_unrolled(
     active=None,
 ):
     """Exactly ``max_iter`` EM iterations in a ``lax.scan`` (reverse-differentiable, each
-    iteration rematerialised in the backward pass); same outputs as :func:`run_em`."""
+    iteration rematerialised in the backward pass); same outputs as ``run_em``."""
     total_weight = jnp.sum(weights)
     covariance_type = params0.covariance_type
 

@@ -205,7 +205,7 @@ def fit_gradient(
     """Fit a Gaussian mixture by gradient ascent on the mean log-likelihood, with optax.
 
     The mixture is optimised in the unconstrained parameterisation of
-    :func:`jaxgmm.to_unconstrained` (log-weights through a softmax, log-Cholesky factors or
+    ``jaxgmm.to_unconstrained`` (log-weights through a softmax, log-Cholesky factors or
     log-variances), for data standardised internally to mean zero and unit overall scale, so
     that one learning rate suits data of any scale. All ``n_steps`` steps run in one
     ``lax.scan``; every step evaluates the gradient of the mean per-sample log-likelihood on
@@ -234,7 +234,7 @@ def fit_gradient(
         Minibatch size (static). ``None`` uses all samples at every step. Minibatches are
         drawn with replacement, sample ``n`` with probability proportional to its weight.
     init : {"kmeans++", "kmeans", "random", "random_from_data"}
-        Initialisation (as :func:`jaxgmm.init_params`, with the sample weights), ignored when
+        Initialisation (as ``jaxgmm.init_params``, with the sample weights), ignored when
         ``init_params`` is given.
     init_params : GMM, optional
         Starting mixture (same ``covariance_type``, ``K`` and ``D``).
@@ -264,7 +264,7 @@ def fit_gradient(
 
     Notes
     -----
-    Prefer :func:`jaxgmm.fit` (EM) for fitting a mixture on its own: each EM iteration is a
+    Prefer ``jaxgmm.fit`` (EM) for fitting a mixture on its own: each EM iteration is a
     closed-form maximisation, the log-likelihood never decreases, and there is no learning
     rate. Gradient fitting pays off when the mixture is one part of a larger model trained
     jointly, when the data arrive as minibatches, or when the parameters carry extra

@@ -71,7 +71,7 @@ jax.tree_util.register_dataclass(
 
 @dataclasses.dataclass(frozen=True)
 class FitResult:
-    """What :func:`jaxgmm.fit` returns.
+    """What ``jaxgmm.fit`` returns.
 
     Attributes
     ----------

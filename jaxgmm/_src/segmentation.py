@@ -19,7 +19,7 @@ from jaxgmm._src.model import GMM, FitResult
 
 
 class Segmentation(NamedTuple):
-    """What :func:`segment_image` returns (``H``, ``W`` the image size)."""
+    """What ``segment_image`` returns (``H``, ``W`` the image size)."""
 
     labels: np.ndarray  # (H, W) int: the most responsible component of each pixel
     segmented: np.ndarray  # (H, W, 3) uint8: each pixel in its component's mean colour
@@ -125,7 +125,7 @@ def bic_sweep(
 ):
     """Fit one mixture per number of components and score each by BIC.
 
-    For now a loop of :func:`jaxgmm.fit` and :func:`jaxgmm.bic` (one compilation per ``K``);
+    For now a loop of ``jaxgmm.fit`` and ``jaxgmm.bic`` (one compilation per ``K``);
     every caller that chooses ``K`` by BIC goes through this one function.
 
     Parameters
@@ -135,7 +135,7 @@ def bic_sweep(
     X : Array, shape (N, D)
     k_values : sequence of int
     covariance_type, n_init, max_iter, tol, reg_covar, progress
-        As in :func:`jaxgmm.fit`.
+        As in ``jaxgmm.fit``.
 
     Returns
     -------
@@ -189,12 +189,12 @@ def segment_image(
     n_components : int, optional
         ``K``. Give either this or ``k_values``.
     k_values : sequence of int, optional
-        Candidate ``K``; the one with the lowest BIC is used (see :func:`bic_sweep`).
+        Candidate ``K``; the one with the lowest BIC is used (see ``bic_sweep``).
     spatial_weight : float
         Weight of the pixel coordinates appended to the colours (0: colours only); see
-        :func:`image_features`.
+        ``image_features``.
     covariance_type, n_init, max_iter, tol, reg_covar, progress
-        As in :func:`jaxgmm.fit`.
+        As in ``jaxgmm.fit``.
     dtype : numpy dtype, default float32
         Computation dtype (8-bit colours need no more than float32).
     selection_pixels : int, optional

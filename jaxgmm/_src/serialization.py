@@ -38,7 +38,7 @@ def save(path, params: GMM) -> None:
 
 
 def load(path) -> GMM:
-    """Read a mixture written by :func:`save`.
+    """Read a mixture written by ``save``.
 
     Raises
     ------

@@ -1,7 +1,7 @@
 """An unconstrained parameterisation of a mixture, for gradient-based optimisation.
 
 A ``GMM`` lives on a constrained set: the weights on the simplex, the covariances positive
-definite. :class:`UnconstrainedGMM` holds the same mixture as free real arrays, so that any
+definite. ``UnconstrainedGMM`` holds the same mixture as free real arrays, so that any
 optimiser (optax, or a plain gradient step) can move every entry anywhere:
 
 ==============  ======================  ==================================================
@@ -38,7 +38,7 @@ class UnconstrainedGMM:
     ----------
     log_weights : Array, shape (K,)
         Unnormalised log mixing proportions: ``weights = softmax(log_weights)``.
-        :func:`to_unconstrained` returns ``log(weights)``.
+        ``to_unconstrained`` returns ``log(weights)``.
     means : Array, shape (K, D)
         Component means, unchanged.
     cov_unconstrained : Array
@@ -89,7 +89,7 @@ def _log_cholesky(covariances):
 
 
 def _from_log_cholesky(raw):
-    """Inverse of :func:`_log_cholesky`: ``L L'`` with ``L = tril(raw, -1) + diag(exp(.))``."""
+    """Inverse of ``_log_cholesky``: ``L L'`` with ``L = tril(raw, -1) + diag(exp(.))``."""
     eye = jnp.eye(raw.shape[-1], dtype=bool)
     log_diagonal = jnp.diagonal(raw, axis1=-2, axis2=-1)[..., None, :]
     chol = jnp.where(eye, jnp.exp(log_diagonal), jnp.tril(raw, -1))
@@ -119,13 +119,13 @@ def _add_to_diagonal(covariances, covariance_type: str, value):
 
 
 def _weight_floor(dtype):
-    """Smallest weight kept by :func:`to_unconstrained`: ``sqrt(tiny)``, far enough from the
+    """Smallest weight kept by ``to_unconstrained``: ``sqrt(tiny)``, far enough from the
     subnormal range that neither the softmax nor ``1/w`` in a gradient flushes or overflows."""
     return float(jnp.finfo(dtype).tiny) ** 0.5
 
 
 def to_unconstrained(params: GMM) -> UnconstrainedGMM:
-    """Map a mixture to unconstrained arrays; the inverse of :func:`from_unconstrained`.
+    """Map a mixture to unconstrained arrays; the inverse of ``from_unconstrained``.
 
     Parameters
     ----------
@@ -208,10 +208,10 @@ def from_unconstrained(u: UnconstrainedGMM, *, reg_covar=0.0) -> GMM:
     ----------
     u : UnconstrainedGMM
         Leaves of shapes ``(K,)``, ``(K, D)`` and the covariance shape of its type (see
-        :class:`UnconstrainedGMM`); any real values.
+        ``UnconstrainedGMM``); any real values.
     reg_covar : float or Array, shape ()
         Non-negative, added to the covariance diagonal after the map (default 0, which makes
-        the map the exact inverse of :func:`to_unconstrained`). A positive value keeps the
+        the map the exact inverse of ``to_unconstrained``). A positive value keeps the
         covariances away from singular however far an optimiser drives ``u``.
 
     Returns
