@@ -548,6 +548,8 @@ def _cmd_bench(args) -> int:
                 file=sys.stderr,
             )
             with_sklearn = False
+    if args.suite:
+        return _run_suite(args, with_sklearn, quiet)
     rows = benchmark.run_benchmark(
         shapes=shapes,
         covariance_types=kinds,
@@ -560,6 +562,34 @@ def _cmd_bench(args) -> int:
     if args.json:
         benchmark.write_json(args.json, rows)
         print(f"wrote {args.json}")
+    return 0
+
+
+def _run_suite(args, with_sklearn: bool, quiet: bool) -> int:
+    """``jaxgmm bench --suite``: every library on the suite's shapes, each in its own process."""
+    from jaxgmm._src import bench_suite
+
+    options = {}
+    if args.explicit_shape:
+        options["shapes"] = tuple(tuple(int(v) for v in s.split(",")) for s in args.shape)
+
+    def progress(row):
+        if not quiet:
+            print(f"  measured {row}", file=sys.stderr)
+
+    rows = bench_suite.run_suite(
+        repeats=args.repeats,
+        libraries=None if with_sklearn else ["jaxgmm"],
+        progress=progress,
+        **options,
+    )
+    print(bench_suite.format_suite_table(rows))
+    if args.json:
+        bench_suite.write_suite_json(args.json, rows)
+        print(f"wrote {args.json}")
+    if args.figure:
+        bench_suite.plot_suite(rows, args.figure)
+        print(f"wrote {args.figure}")
     return 0
 
 
@@ -862,12 +892,21 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=3, help="timing repeats (best is kept)")
     bench.add_argument("--no-sklearn", action="store_true", help="measure jaxgmm alone")
     bench.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    bench.add_argument(
+        "--suite",
+        action="store_true",
+        help="the full suite: shapes (20k,2,5) (100k,16,16) (100k,64,32) (1M,8,8), restarts, "
+        "compile time, time to convergence, peak memory, against scikit-learn and gmmx / "
+        "pomegranate when installed (takes tens of minutes)",
+    )
+    bench.add_argument("--figure", metavar="PNG", help="with --suite: write a figure")
     bench.set_defaults(func=_cmd_bench, shape=None, covariance_type=None, dtype=None)
     return parser
 
 
 def _fill_defaults(args) -> None:
     if args.command == "bench":
+        args.explicit_shape = bool(args.shape)
         args.shape = args.shape or ["100000,16,16"]
         args.covariance_type = args.covariance_type or ["full", "diag"]
         args.dtype = args.dtype or ["float64", "float32"]
