@@ -578,6 +578,8 @@ def _run_suite(args, with_sklearn: bool, quiet: bool) -> int:
             print(f"  measured {row}", file=sys.stderr)
 
     rows = bench_suite.run_suite(
+        covariance_types=tuple(args.covariance_type),
+        dtypes=tuple(args.dtype),
         repeats=args.repeats,
         libraries=None if with_sklearn else ["jaxgmm"],
         progress=progress,
