@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import math
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -17,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgmm._src.benchmark import _best_time
 from jaxgmm._src.fitting import fit
 
 
@@ -75,15 +75,6 @@ def fit_groups_function(K: int, covariance_type: str = "full"):
     """
     one = functools.partial(fit, K=K, covariance_type=covariance_type)
     return jax.jit(jax.vmap(lambda key, x: one(key, x)))
-
-
-def _time_best(fn, repeats: int) -> float:
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def run_groups_benchmark(
@@ -155,7 +146,7 @@ def run_groups_benchmark(
     compile_s = time.perf_counter() - start
     batch = compiled(keys, X)
     jax.block_until_ready(batch)
-    vmap_s = _time_best(lambda: jax.block_until_ready(compiled(keys, X)), repeats)
+    vmap_s = _best_time(lambda: jax.block_until_ready(compiled(keys, X)), repeats)
 
     # A Python loop of single fits, on arrays already on the device.
     singles = [X[g] for g in range(loop_groups)]
@@ -170,7 +161,7 @@ def run_groups_benchmark(
         return results
 
     loop_results = jax_loop()
-    jax_loop_s = _time_best(jax_loop, repeats)
+    jax_loop_s = _best_time(jax_loop, repeats)
     loop_ll = np.array([float(r.log_likelihood) for r in loop_results])
     vmap_ll = np.asarray(batch.log_likelihood[:loop_groups], np.float64)
     max_rel_diff = float(np.max(np.abs(vmap_ll - loop_ll) / np.abs(loop_ll)))
@@ -193,7 +184,7 @@ def run_groups_benchmark(
                     ).fit(X64[g])
 
         sklearn_loop()
-        sk_s = _time_best(sklearn_loop, repeats)
+        sk_s = _best_time(sklearn_loop, repeats)
 
     scale = n_groups / loop_groups
     n_iter = np.asarray(batch.n_iter)

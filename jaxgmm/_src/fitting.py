@@ -75,6 +75,12 @@ def em_pass(params_c: GMM, xc, weights, chunk_size: int):
     return chunked_sum(on_chunk, (xc, weights), chunk_size)
 
 
+def _mean_pass(params, xc, weights, total_weight, chunk_size):
+    """``em_pass`` with the log-likelihood as a weighted mean per sample."""
+    moments, total = em_pass(params, xc, weights, chunk_size)
+    return moments, total / total_weight
+
+
 def _select(flag, new, old):
     return jax.tree.map(lambda a, b: jnp.where(flag, a, b), new, old)
 
@@ -105,8 +111,7 @@ def run_em(
     covariance_type = params0.covariance_type
 
     def evaluate(params):
-        moments, total = em_pass(params, xc, weights, chunk_size)
-        return moments, total / total_weight
+        return _mean_pass(params, xc, weights, total_weight, chunk_size)
 
     moments0, mean0 = evaluate(params0)
     history0 = jnp.full((max_iter,), jnp.nan, xc.dtype)
@@ -162,8 +167,7 @@ def run_em_unrolled(
     covariance_type = params0.covariance_type
 
     def evaluate(params):
-        moments, total = em_pass(params, xc, weights, chunk_size)
-        return moments, total / total_weight
+        return _mean_pass(params, xc, weights, total_weight, chunk_size)
 
     @jax.checkpoint
     def iteration(carry, index):
