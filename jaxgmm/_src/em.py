@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgmm._src import covariances as cov
-from jaxgmm._src import validation
+from jaxgmm._src import products, validation
 from jaxgmm._src.chunking import auto_chunk_size, chunked_sum
 from jaxgmm._src.model import GMM
 
@@ -142,7 +142,7 @@ def weighted_moments(xc, weights, resp, covariance_type: str, chunk_size: int | 
 
     def moments(x, w, r):
         phi = cov.features(x, covariance_type)
-        return jnp.matmul((r * w[:, None]).T, phi, precision=HIGHEST)
+        return products.transposed_product(r * w[:, None], phi)
 
     return chunked_sum(moments, (xc, weights, resp), chunk_size)
 

@@ -3,40 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 
 from jaxgmm._src import covariances as cov
-from jaxgmm._src import validation
+from jaxgmm._src import products, validation
 from jaxgmm._src.chunking import Chunking, auto_chunk_size, chunked_sum, sample_shards
 from jaxgmm._src.implicit import attach_implicit_gradients
 from jaxgmm._src.initialization import initialize_centered
 from jaxgmm._src.model import GMM, FitResult
-
-HIGHEST = jax.lax.Precision.HIGHEST
-
-
-# Below these sizes a product is written as broadcast multiplies and sums: XLA on CPU runs
-# products with a tiny contraction or output (1-D and 2-D data, small K) far below its
-# elementwise rate, especially batched under vmap.
-_SMALL_CONTRACTION = 8
-_SMALL_OUTPUT = 64
-
-
-def _times_coefficients(phi, coefficients):
-    """``phi @ coefficients``: (n, P) x (P, K) -> (n, K)."""
-    width = phi.shape[1]
-    if width <= _SMALL_CONTRACTION:
-        return sum(phi[:, p, None] * coefficients[p] for p in range(width))
-    return jnp.matmul(phi, coefficients, precision=HIGHEST)
-
-
-def _moments(resp, phi):
-    """``resp.T @ phi``: (n, K) x (n, P) -> (K, P)."""
-    if resp.shape[1] * phi.shape[1] <= _SMALL_OUTPUT:
-        return jnp.sum(resp[:, :, None] * phi[:, None, :], axis=0)
-    return jnp.matmul(resp.T, phi, precision=HIGHEST)
 
 
 def em_pass(params_c: GMM, xc, weights, chunk_size: int):
@@ -60,19 +37,41 @@ def em_pass(params_c: GMM, xc, weights, chunk_size: int):
     """
     coefficients = cov.log_density_coefficients(params_c)
     covariance_type = params_c.covariance_type
+    n_components = coefficients.shape[1]
+
+    def on_chunk_small(x, w):
+        # With a handful of features and components, every per-sample quantity is kept as
+        # its own (n,) vector: elementwise loops over long contiguous vectors and one reduction
+        # per statistic, instead of operations along a tiny minor axis.
+        phi = cov.features(x, covariance_type)
+        columns = [phi[:, p] for p in range(phi.shape[1])]
+        joint = [
+            sum(coefficients[p, k] * column for p, column in enumerate(columns))
+            for k in range(n_components)
+        ]
+        peak = jax.lax.stop_gradient(functools.reduce(jnp.maximum, joint))
+        unnormalised = [jnp.exp(j - peak) for j in joint]
+        total = sum(unnormalised)
+        scale = w / total
+        moments = products.column_sums([u * scale for u in unnormalised], columns)
+        per_sample = peak + jnp.log(total)
+        return moments, jnp.sum(jnp.where(w > 0, w * per_sample, 0.0))
 
     def on_chunk(x, w):
         phi = cov.features(x, covariance_type)
-        joint = _times_coefficients(phi, coefficients)  # (n, K)
+        joint = products.times_coefficients(phi, coefficients)  # (n, K)
         # One exponential per entry serves both the log-sum-exp and the responsibilities.
         peak = jax.lax.stop_gradient(jnp.max(joint, axis=1, keepdims=True))
         unnormalised = jnp.exp(joint - peak)
         total = jnp.sum(unnormalised, axis=1, keepdims=True)
         per_sample = (peak + jnp.log(total))[:, 0]
         resp = unnormalised * (w[:, None] / total)
-        return _moments(resp, phi), jnp.sum(jnp.where(w > 0, w * per_sample, 0.0))
+        return products.transposed_product(resp, phi), jnp.sum(
+            jnp.where(w > 0, w * per_sample, 0.0)
+        )
 
-    return chunked_sum(on_chunk, (xc, weights), chunk_size)
+    small = products.is_small(coefficients.shape[0], n_components)
+    return chunked_sum(on_chunk_small if small else on_chunk, (xc, weights), chunk_size)
 
 
 def _mean_pass(params, xc, weights, total_weight, chunk_size):

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgmm._src import covariances as cov
-from jaxgmm._src import validation
+from jaxgmm._src import products, validation
 from jaxgmm._src.em import weighted_moments
 from jaxgmm._src.model import GMM
 
@@ -19,6 +19,8 @@ _LLOYD_MAX_ITER = 100
 
 def _squared_distances(xc: jax.Array, centers: jax.Array) -> jax.Array:
     """``||x_n - c_k||^2``, shape (N, K), clamped at zero."""
+    if xc.shape[1] <= products.SMALL_CONTRACTION:  # elementwise: exact and fast for small D
+        return sum(jnp.square(xc[:, d, None] - centers[:, d]) for d in range(xc.shape[1]))
     cross = jnp.matmul(xc, centers.T, precision=HIGHEST)
     d2 = jnp.sum(xc * xc, axis=1)[:, None] - 2.0 * cross + jnp.sum(centers * centers, axis=1)
     return jnp.maximum(d2, 0.0)
@@ -31,15 +33,33 @@ def _rows(xc: jax.Array, index: jax.Array) -> jax.Array:
     samples (each device adds its rows, then a small all-reduce), so ``xc`` is never gathered.
     """
     hits = jnp.arange(xc.shape[0]) == jnp.asarray(index)[..., None]  # (..., N)
+    if xc.shape[1] <= products.SMALL_CONTRACTION:
+        columns = [jnp.sum(jnp.where(hits, xc[:, d], 0.0), axis=-1) for d in range(xc.shape[1])]
+        return jnp.stack(columns, axis=-1)
     return jnp.einsum("...n,nd->...d", hits.astype(xc.dtype), xc, precision=HIGHEST)
 
 
-def _weighted_choice_logits(weights, scores):
-    """Log-probabilities proportional to ``weights * scores``; falls back to ``weights`` when
-    every score is zero (all points already coincide with a center)."""
+def _weighted_choice_mass(weights, scores):
+    """Unnormalised probabilities ``weights * scores``; falls back to ``weights`` when every
+    score is zero (all points already coincide with a center)."""
     mass = weights * scores
-    mass = jnp.where(jnp.sum(mass) > 0, mass, weights)
-    return jnp.log(mass)
+    return jnp.where(jnp.sum(mass) > 0, mass, weights)
+
+
+def _sample_proportional(key, mass, n: int) -> jax.Array:
+    """``n`` indices drawn with replacement with probabilities proportional to ``mass``
+    (shape (N,), non-negative, positive sum), shape (n,).
+
+    Inverse-CDF sampling: one cumulative sum and a binary search per draw, where
+    ``jax.random.categorical`` would draw ``n * N`` Gumbel variates (the dominant cost of
+    k-means++ seeding). An index of zero mass is never returned.
+    """
+    cumulative = jnp.cumsum(mass)
+    targets = jax.random.uniform(key, (n,), cumulative.dtype) * cumulative[-1]
+    index = jnp.searchsorted(cumulative, targets, side="right")
+    # Rounding can put a target at the very top: fall back to the last index with mass.
+    last = jnp.max(jnp.where(mass > 0, jnp.arange(mass.shape[0]), 0))
+    return jnp.minimum(index, last)
 
 
 def kmeans_plusplus(key, xc, weights, n_components: int) -> jax.Array:
@@ -60,7 +80,7 @@ def kmeans_plusplus(key, xc, weights, n_components: int) -> jax.Array:
     """
     n_trials = 2 + int(math.log(n_components))
     key, first_key = jax.random.split(key)
-    first = jax.random.categorical(first_key, jnp.log(weights))
+    first = _sample_proportional(first_key, weights, 1)[0]
     first_row = _rows(xc, first)
     centers = jnp.zeros((n_components, xc.shape[1]), xc.dtype).at[0].set(first_row)
     closest = _squared_distances(xc, first_row[None])[:, 0]
@@ -68,8 +88,8 @@ def kmeans_plusplus(key, xc, weights, n_components: int) -> jax.Array:
     def add_center(i, carry):
         centers, closest, key = carry
         key, trial_key = jax.random.split(key)
-        logits = _weighted_choice_logits(weights, closest)
-        candidates = jax.random.categorical(trial_key, logits, shape=(n_trials,))
+        mass = _weighted_choice_mass(weights, closest)
+        candidates = _sample_proportional(trial_key, mass, n_trials)
         candidate_rows = _rows(xc, candidates)
         trial_closest = jnp.minimum(closest[:, None], _squared_distances(xc, candidate_rows))
         potential = jnp.sum(weights[:, None] * trial_closest, axis=0)

@@ -1,0 +1,49 @@
+"""The two products of an EM pass, ``phi @ W`` and ``resp.T @ phi``, written for the shapes
+at hand.
+
+XLA on CPU runs a product with a tiny contraction or output (1-D and 2-D data, a few
+components), especially batched under ``vmap``, far below its elementwise rate. Below the
+sizes here such a product is written as elementwise operations and one reduction per entry.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+HIGHEST = jax.lax.Precision.HIGHEST
+
+# A contraction of at most this many features is written as broadcast multiply-adds.
+SMALL_CONTRACTION = 8
+# An output of at most this many entries is written as one reduction per entry.
+SMALL_OUTPUT = 64
+
+
+def is_small(n_features: int, n_outputs: int) -> bool:
+    """Whether ``(n, n_features) x (n, n_outputs) -> (n_outputs, n_features)`` counts as
+    small (both thresholds above)."""
+    return n_features <= SMALL_CONTRACTION and n_features * n_outputs <= SMALL_OUTPUT
+
+
+def times_coefficients(phi, coefficients):
+    """``phi @ coefficients``: (n, P) x (P, K) -> (n, K)."""
+    width = phi.shape[1]
+    if width <= SMALL_CONTRACTION:
+        return sum(phi[:, p, None] * coefficients[p] for p in range(width))
+    return jnp.matmul(phi, coefficients, precision=HIGHEST)
+
+
+def column_sums(columns_a, columns_b):
+    """``[[sum(a * b) for b in columns_b] for a in columns_a]``, shape (len(a), len(b)): the
+    product ``A.T @ B`` of matrices given as lists of their (n,) columns."""
+    return jnp.stack([jnp.stack([jnp.sum(a * b) for b in columns_b]) for a in columns_a])
+
+
+def transposed_product(resp, phi):
+    """``resp.T @ phi``: (n, K) x (n, P) -> (K, P)."""
+    n_components, width = resp.shape[1], phi.shape[1]
+    if is_small(width, n_components):
+        return column_sums(
+            [resp[:, k] for k in range(n_components)], [phi[:, p] for p in range(width)]
+        )
+    return jnp.matmul(resp.T, phi, precision=HIGHEST)
