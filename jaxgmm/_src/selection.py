@@ -15,7 +15,6 @@ from jaxgmm._src import covariances as cov
 from jaxgmm._src import validation
 from jaxgmm._src.chunking import auto_chunk_size, chunked_sum
 from jaxgmm._src.compile_options import TunedJit, em_work, profile_for
-from jaxgmm._src.em import _centered
 from jaxgmm._src.fitting import _fit_compiled
 from jaxgmm._src.model import COVARIANCE_TYPES, GMM
 
@@ -41,6 +40,10 @@ def responsibility_entropy(params: GMM, X, weights, chunk_size: int):
     """``-sum_n w_n sum_k gamma_nk log gamma_nk``, shape (), with ``0 log 0 = 0`` (components
     of weight zero, i.e. padding, contribute nothing).
 
+    The data are centred on their weighted mean, which does not depend on ``params``: under
+    a ``vmap`` over mixtures the features are built once and the products are one wide
+    product.
+
     Parameters
     ----------
     params : GMM
@@ -48,17 +51,19 @@ def responsibility_entropy(params: GMM, X, weights, chunk_size: int):
     weights : Array, shape (N,)
     chunk_size : int
     """
-    params_c, xc = _centered(params, X)
-    coefficients = cov.log_density_coefficients(params_c)
+    center = jnp.sum(weights[:, None] * X, axis=0) / jnp.sum(weights)
+    coefficients = cov.log_density_coefficients(cov.shift_means(params, -center))
 
     def on_chunk(x, w):
         joint = jnp.matmul(cov.features(x, params.covariance_type), coefficients, precision=HIGHEST)
-        log_resp = joint - jax.nn.logsumexp(joint, axis=1, keepdims=True)
-        resp = jnp.exp(log_resp)
-        terms = jnp.where(resp > 0, resp * log_resp, 0.0)
+        log_resp = joint - jnp.max(joint, axis=1, keepdims=True)
+        unnormalised = jnp.exp(log_resp)
+        total = jnp.sum(unnormalised, axis=1, keepdims=True)
+        log_resp = log_resp - jnp.log(total)
+        terms = jnp.where(unnormalised > 0, unnormalised * log_resp, 0.0) / total
         return -jnp.sum(jnp.where(w > 0, w * jnp.sum(terms, axis=1), 0.0))
 
-    return chunked_sum(on_chunk, (xc, weights), chunk_size)
+    return chunked_sum(on_chunk, (X - center, weights), chunk_size)
 
 
 def _sweep(
