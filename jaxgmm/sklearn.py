@@ -36,6 +36,7 @@ from jaxgmm._src.em import _centered, weighted_log_densities
 from jaxgmm._src.fitting import _fit_compiled, em_pass
 from jaxgmm._src.initialization import initialize_centered
 from jaxgmm._src.model import COVARIANCE_TYPES, GMM
+from jaxgmm._src.online import _state_from_params, online_init, online_update
 from jaxgmm._src.sampling import sample as _sample
 
 try:  # scikit-learn >= 1.6
@@ -232,6 +233,10 @@ def _log_joint_and_norm_core(params: GMM, X):
 
 _log_joint_and_norm = TunedJit(_log_joint_and_norm_core)
 
+# Online EM for ``partial_fit``: compiled per (bucket, D, K, covariance_type[, init]).
+_online_init = TunedJit(online_init, ("K", "covariance_type", "init", "chunk_size"))
+_online_update = TunedJit(online_update, ("chunk_size",))
+
 
 @dataclasses.dataclass(frozen=True)
 class _Progress:
@@ -294,13 +299,17 @@ def _check_weights_init(weights, n_components, dtype):
     return weights
 
 
-def _check_precisions_init(precisions, covariance_type, n_components, n_features, dtype):
-    shape = {
+def _covariance_shape(covariance_type, n_components, n_features):
+    return {
         "full": (n_components, n_features, n_features),
         "tied": (n_features, n_features),
         "diag": (n_components, n_features),
         "spherical": (n_components,),
     }[covariance_type]
+
+
+def _check_precisions_init(precisions, covariance_type, n_components, n_features, dtype):
+    shape = _covariance_shape(covariance_type, n_components, n_features)
     precisions = _as_init_array(precisions, "precisions_init", shape, dtype)
     if covariance_type in ("full", "tied"):
         matrices = precisions.reshape((-1, n_features, n_features))
@@ -359,7 +368,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     Same constructor arguments, fitted attributes and methods, with the same meanings and
     shapes, backed by ``jaxgmm.fit``: restarts run together as one ``vmap`` and the EM loop
-    is one compiled ``lax.while_loop``.
+    is one compiled ``lax.while_loop``. In addition, ``partial_fit`` fits by online
+    (stepwise) EM, one minibatch per call (``jaxgmm.online_init`` / ``online_update``).
 
     Parameters
     ----------
@@ -411,13 +421,17 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         Upper-triangular ``U`` with ``U @ U.T = precision`` (scikit-learn's convention); for
         diag and spherical ``1 / sqrt(covariances_)``.
     converged_ : bool
-        True when the kept fit met the ``tol`` criterion within ``max_iter`` iterations.
+        True when the kept fit met the ``tol`` criterion within ``max_iter`` iterations;
+        always False after ``partial_fit`` (online EM has no convergence test).
     n_iter_ : int
-        Number of EM iterations (M-steps) of the kept fit.
+        Number of EM iterations (M-steps) of the kept fit; after ``partial_fit``, the number
+        of ``partial_fit`` calls since the online fit began (one M-step each).
     lower_bound_ : float
-        Mean per-sample log-likelihood of the training data at the E-step of the last
-        iteration, i.e. before its M-step, as in scikit-learn (``-inf`` when ``max_iter=0``).
-        The returned parameters score at least this much.
+        After ``fit``: mean per-sample log-likelihood of the training data at the E-step of
+        the last iteration, i.e. before its M-step, as in scikit-learn (``-inf`` when
+        ``max_iter=0``); the returned parameters score at least this much. After
+        ``partial_fit``: mean log-likelihood of its batch under the parameters before its
+        M-step (a prequential estimate; for the first call, under the start).
     n_features_in_ : int
     feature_names_in_ : ndarray, shape (n_features_in_,)
         Only when ``X`` had string feature names.
@@ -435,6 +449,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     ``tol`` it stops one iteration earlier). ``n_iter_``, ``converged_`` and
     ``lower_bound_`` therefore mean what they mean in scikit-learn. scikit-learn's
     ``lower_bounds_`` (the per-iteration history) is not provided.
+
+    *Online EM.* ``partial_fit`` takes one stepwise-EM step per call, with step size
+    ``rho_t = (t + 2) ** -0.6`` (``jaxgmm.online_update``'s defaults), starting from its
+    first batch or, after ``fit``, from the fitted parameters; ``fit`` discards the online
+    state. See ``partial_fit``.
 
     *Compilation.* The number of samples is padded to a size bucket (``bucket_size``)
     with zero-weight rows, which never take part in initialisation or EM, so fits of
@@ -557,6 +576,162 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         X = self._fit(X)
         return self._predict_validated(X)
 
+    def partial_fit(self, X, y=None):
+        """One step of online (stepwise) EM on a minibatch.
+
+        The first call on an unfitted estimator initialises from ``X`` with
+        ``jaxgmm.online_init``: the start comes from ``init_params`` on ``X`` and
+        ``random_state``, with ``weights_init``, ``means_init`` and ``precisions_init``
+        substituted where given (all three given: that start), and the parameters are one EM
+        iteration from it on ``X``. Every later call is one ``jaxgmm.online_update``: the
+        running averages ``s`` of the per-sample sufficient statistics move toward those of
+        ``X`` under the current parameters, ``s <- (1 - rho_t) s + rho_t s(X)``, and the
+        parameters are their M-step, with step size ``rho_t = (t + t0) ** (-kappa)`` for the
+        ``t``-th update, at ``online_update``'s defaults ``kappa = 0.6``, ``t0 = 2`` (not
+        settable here). ``reg_covar`` is read at every call.
+
+        After ``fit`` (and ``fit`` after ``partial_fit`` discards the online state), the next
+        call continues online from the fitted parameters: the running statistics start as the
+        fitted mixture's own expected statistics (whose M-step is that mixture) and the call
+        is one update with ``rho_1 = 3 ** -0.6 = 0.52``, so this batch and the fit weigh about
+        equally. ``n_init``, ``tol``, ``max_iter``, ``warm_start`` and ``verbose`` are not used.
+
+        Batches should be drawn at random from a stationary distribution (stepwise EM
+        assumes it). Rows are padded to the size buckets of ``fit`` in a way that leaves the
+        step unchanged, so batches of different sizes in a bucket share a compiled program.
+        Later batches are cast to the dtype of the fitted parameters.
+
+        Parameters
+        ----------
+        X : array-like, shape (n, D)
+            The minibatch; on the first call at least ``n_components`` rows, later calls the
+            same ``D`` (and feature names) as the first.
+        y : ignored
+
+        Returns
+        -------
+        self : GaussianMixture
+            With the fitted attributes set as by ``fit``, except: ``n_iter_`` = number of
+            ``partial_fit`` calls since the online fit began (each one M-step),
+            ``lower_bound_`` = mean log-likelihood of ``X`` under the parameters before this
+            call's M-step (the first call: under the initial start), ``converged_`` = False
+            (online EM has no convergence test).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from jaxgmm.sklearn import GaussianMixture
+        >>> rng = np.random.default_rng(0)
+        >>> X = np.concatenate([rng.normal(size=(1000, 2)), rng.normal(size=(1000, 2)) + 6])
+        >>> rng.shuffle(X)
+        >>> gm = GaussianMixture(n_components=2, random_state=0)
+        >>> for batch in np.array_split(X, 10):
+        ...     gm = gm.partial_fit(batch)
+        >>> gm.n_iter_, sorted(np.round(gm.weights_, 1).tolist())
+        (10, [0.5, 0.5])
+        """
+        self._check_parameters()
+        fitted = hasattr(self, "converged_")
+        X = _validate_data(self, X, dtype=[np.float64, np.float32], reset=not fitted)
+        n_samples, n_features = X.shape
+        K, covariance_type = self.n_components, self.covariance_type
+        if fitted:
+            expected = _covariance_shape(covariance_type, K, n_features)
+            if self.means_.shape[0] != K or self.covariances_.shape != expected:
+                raise ValueError(
+                    f"n_components = {K} and covariance_type = {covariance_type!r} do not "
+                    f"match the fitted parameters (means_ {self.means_.shape}, covariances_ "
+                    f"{self.covariances_.shape}); call fit, or partial_fit on a new estimator"
+                )
+            dtype = self.means_.dtype
+        else:
+            if n_samples < K:
+                raise ValueError(
+                    "The first partial_fit batch needs n_samples >= n_components but got "
+                    f"n_components = {K}, n_samples = {n_samples}"
+                )
+            dtype = X.dtype
+        X = X.astype(dtype, copy=False)
+        n_padded = bucket_size(n_samples)
+        X_padded, row_weights = _pad_rows(X, n_padded)
+        chunk_size = _chunk_size(n_padded, n_features, K, covariance_type)
+        profile = profile_for(em_work(n_padded, K, _width(n_features, covariance_type)))
+        with _precision_scope(dtype):
+            reg_covar = jnp.asarray(self.reg_covar, dtype)
+            X_padded = jnp.asarray(X_padded)
+            if not fitted:
+                state = self._online_start(
+                    X_padded, jnp.asarray(row_weights), reg_covar, chunk_size, profile
+                )
+                n_iter = 1
+            else:
+                state = getattr(self, "_online_state", None)
+                if state is None:  # fitted by fit: continue from its parameters
+                    params = jax.tree.map(lambda a: jnp.asarray(a, dtype), self._params())
+                    state = _state_from_params(params, reg_covar)
+                    n_iter = 1
+                else:
+                    n_iter = self.n_iter_ + 1
+                # online_update scales the step by the mean weight (at most 1); weights of
+                # n_padded / n_samples on the real rows keep that mean at 1, so the padded
+                # batch takes the step of the unpadded one (its statistics are weighted means).
+                weights = jnp.asarray(row_weights * (n_padded / n_samples), dtype)
+                state = _online_update(
+                    state,
+                    X_padded,
+                    sample_weight=weights,
+                    reg_covar=reg_covar,
+                    chunk_size=chunk_size,
+                    profile=profile,
+                )
+            state = jax.tree.map(np.asarray, state)
+        self._set_params(jax.tree.map(lambda a: np.asarray(a, dtype), state.params))
+        self._online_state = state
+        self.converged_ = False
+        self.n_iter_ = n_iter
+        self.lower_bound_ = float(state.log_likelihood)
+        return self
+
+    def _online_start(self, X, weights, reg_covar, chunk_size, profile):
+        """The initial online state from a first (padded) batch: ``online_init`` from the
+        ``init_params`` start, with the user-given arrays substituted where given."""
+        n_features = X.shape[1]
+        dtype = X.dtype
+        user_weights, user_means, user_covariances = self._user_start(n_features, dtype)
+        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        key = jax.random.key(seed)
+        init = _INIT_METHODS[self.init_params]
+        static = dict(
+            n_components=self.n_components,
+            covariance_type=self.covariance_type,
+            chunk_size=chunk_size,
+        )
+        user = (user_weights, user_means, user_covariances)
+        if all(a is not None for a in user):
+            guess = GMM(*(jnp.asarray(a) for a in user), self.covariance_type)
+        elif any(a is not None for a in user):
+            starts = _initial_params(
+                key, X, weights, reg_covar, init=init, n_init=1, profile=profile, **static
+            )
+            starts = _override(
+                starts, weights=user_weights, means=user_means, covariances=user_covariances
+            )
+            guess = jax.tree.map(lambda a: a[0], starts)
+        else:
+            guess = None
+        return _online_init(
+            key,
+            X,
+            self.n_components,
+            covariance_type=self.covariance_type,
+            init=init if guess is None else _START_INIT,
+            reg_covar=reg_covar,
+            init_params=guess,
+            sample_weight=weights,
+            chunk_size=chunk_size,
+            profile=profile,
+        )
+
     def _fit(self, X):
         self._check_parameters()
         X = _validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2)
@@ -579,6 +754,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.converged_ = converged
         self.n_iter_ = n_iter
         self.lower_bound_ = lower_bound
+        self._online_state = None  # a later partial_fit continues from these parameters
         if self.verbose:
             if self.max_iter > 1 and n_iter % self.verbose_interval == 0:
                 print(f"  Iteration {n_iter}")  # the last M-step, after the core's loop

@@ -171,6 +171,45 @@ def online_init(
     )
 
 
+def _state_from_params(params: GMM, reg_covar) -> OnlineState:
+    """An online state that continues from a fitted mixture (the estimator's ``partial_fit``
+    after ``fit``), in the dtype of ``params.weights``.
+
+    ``statistics`` are the mixture's own expected sufficient statistics,
+    ``pi_k E_k[phi(x - center)]``, with ``reg_covar`` taken off the covariances (the M-step
+    adds it back), so that their M-step returns ``params`` (up to the ``10 eps`` floor of the
+    counts); ``center`` is the mixture mean; ``step = 0``; ``log_likelihood`` is NaN (no
+    batch has been seen).
+    """
+    covariance_type = params.covariance_type
+    weights = jnp.asarray(params.weights)
+    dtype = weights.dtype
+    means = jnp.asarray(params.means, dtype)
+    covariances = jnp.asarray(params.covariances, dtype)
+    reg_covar = jnp.asarray(reg_covar, dtype)
+    n_components, n_features = means.shape
+    center = jnp.sum(weights[:, None] * means, axis=0)
+    mc = means - center
+    if covariance_type in ("full", "tied"):  # tied: one (D, D) matrix, broadcast over k
+        base = covariances - reg_covar * jnp.eye(n_features, dtype=dtype)
+        second = base + mc[:, :, None] * mc[:, None, :]
+        i, j = np.triu_indices(n_features)  # the layout of ``covariances.features``
+        quad = second[:, i, j]
+    elif covariance_type == "diag":
+        quad = covariances - reg_covar + mc * mc
+    else:
+        quad = (covariances - reg_covar)[:, None] + mc * mc
+    ones = jnp.ones((n_components, 1), dtype)
+    statistics = weights[:, None] * jnp.concatenate([quad, mc, ones], axis=1)
+    return OnlineState(
+        params=GMM(weights, means, covariances, covariance_type),
+        statistics=statistics,
+        center=center,
+        step=jnp.zeros((), jnp.int32),
+        log_likelihood=jnp.asarray(jnp.nan, dtype),
+    )
+
+
 def online_update(
     state: OnlineState,
     X,
