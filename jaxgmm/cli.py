@@ -550,6 +550,10 @@ def _cmd_bench(args) -> int:
             with_sklearn = False
     if args.suite:
         return _run_suite(args, with_sklearn, quiet)
+    if args.select:
+        return _run_select_bench(args, with_sklearn, quiet)
+    if args.groups:
+        return _run_groups_bench(args, with_sklearn)
     rows = benchmark.run_benchmark(
         shapes=shapes,
         covariance_types=kinds,
@@ -562,6 +566,49 @@ def _cmd_bench(args) -> int:
     if args.json:
         benchmark.write_json(args.json, rows)
         print(f"wrote {args.json}")
+    return 0
+
+
+def _write_json(path, record) -> None:
+    import dataclasses
+    import json
+
+    with open(path, "w") as handle:
+        json.dump(dataclasses.asdict(record), handle, indent=2)
+    print(f"wrote {path}")
+
+
+def _run_select_bench(args, with_sklearn: bool, quiet: bool) -> int:
+    """``jaxgmm bench --select``: one ``select`` sweep against loops of separate fits."""
+    import jax
+
+    from jaxgmm._src import benchmark
+
+    def progress(message):
+        if not quiet:
+            print(f"  {message}", file=sys.stderr)
+
+    record = benchmark.run_select_benchmark(
+        dtype=args.dtype[0], with_sklearn=with_sklearn, sklearn_threads=1, progress=progress
+    )
+    print(benchmark.format_select_bench(record))
+    cache = jax.config.jax_compilation_cache_dir
+    print(f"persistent compilation cache: {cache or 'off'}")
+    if args.json:
+        _write_json(args.json, record)
+    return 0
+
+
+def _run_groups_bench(args, with_sklearn: bool) -> int:
+    """``jaxgmm bench --groups``: ``vmap(fit)`` over 1,000 small 1-D data sets."""
+    from jaxgmm._src import bench_groups
+
+    record = bench_groups.run_groups_benchmark(
+        dtype=args.dtype[0], repeats=args.repeats, with_sklearn=with_sklearn
+    )
+    print(bench_groups.format_groups_benchmark(record))
+    if args.json:
+        _write_json(args.json, record)
     return 0
 
 
@@ -902,6 +949,19 @@ def build_parser() -> argparse.ArgumentParser:
         "pomegranate when installed (takes tens of minutes)",
     )
     bench.add_argument("--figure", metavar="PNG", help="with --suite: write a figure")
+    bench.add_argument(
+        "--select",
+        action="store_true",
+        help="time jaxgmm select over K = 1..10 x 4 covariance types on 10,000 x 8 data "
+        "against loops of jaxgmm fits and of scikit-learn fits (one thread); first --dtype "
+        "(default float64)",
+    )
+    bench.add_argument(
+        "--groups",
+        action="store_true",
+        help="time vmap(fit) over 1,000 groups of 500 1-D samples (K = 3) against loops of "
+        "single jaxgmm and scikit-learn fits; first --dtype (default float32)",
+    )
     bench.set_defaults(func=_cmd_bench, shape=None, covariance_type=None, dtype=None)
     return parser
 
@@ -911,7 +971,8 @@ def _fill_defaults(args) -> None:
         args.explicit_shape = bool(args.shape)
         args.shape = args.shape or ["100000,16,16"]
         args.covariance_type = args.covariance_type or ["full", "diag"]
-        args.dtype = args.dtype or ["float64", "float32"]
+        default_dtypes = ["float32"] if args.groups else ["float64", "float32"]
+        args.dtype = args.dtype or default_dtypes
     if args.command == "select":
         args.covariance_type = args.covariance_type or list(COVARIANCE_TYPES)
 

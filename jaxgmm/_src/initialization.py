@@ -150,7 +150,8 @@ def _nearest(xc, centers, active=None):
     return jnp.argmin(distances, axis=1)
 
 
-def _hard_responsibilities(xc, centers, active=None):
+def hard_responsibilities(xc, centers, active=None):
+    """One-hot responsibilities, shape (N, K): each sample to its nearest (active) center."""
     labels = _nearest(xc, centers, active)
     return jax.nn.one_hot(labels, centers.shape[0], dtype=xc.dtype)
 
@@ -174,11 +175,11 @@ def initial_responsibilities(
         index = jax.random.choice(
             key, xc.shape[0], (n_components,), replace=False, p=weights / jnp.sum(weights)
         )
-        return _hard_responsibilities(xc, _rows(xc, index), active)
+        return hard_responsibilities(xc, _rows(xc, index), active)
     centers = kmeans_plusplus(key, xc, weights, n_components)
     if method == "kmeans":
         centers = lloyd(xc, weights, centers, active=active)
-    return _hard_responsibilities(xc, centers, active)
+    return hard_responsibilities(xc, centers, active)
 
 
 def initialize_centered(

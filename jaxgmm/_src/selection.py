@@ -15,7 +15,14 @@ from jaxgmm._src import covariances as cov
 from jaxgmm._src import validation
 from jaxgmm._src.chunking import auto_chunk_size, chunked_sum
 from jaxgmm._src.compile_options import TunedJit, em_work, profile_for
+from jaxgmm._src.em import weighted_moments
 from jaxgmm._src.fitting import _fit_compiled
+from jaxgmm._src.initialization import (
+    hard_responsibilities,
+    initial_responsibilities,
+    kmeans_plusplus,
+    lloyd,
+)
 from jaxgmm._src.model import COVARIANCE_TYPES, GMM
 
 HIGHEST = jax.lax.Precision.HIGHEST
@@ -67,19 +74,23 @@ def responsibility_entropy(params: GMM, X, weights, chunk_size: int):
 
 
 def _sweep(
-    keys, X, weights, tol, reg_covar, n_active, *, n_components, covariance_type, init, n_init,
+    key, X, weights, tol, reg_covar, n_active, *, n_components, covariance_type, init, n_init,
     max_iter, chunk_size,
 ):  # fmt: skip
     """Fit one mixture per entry of ``n_active`` in one program: each has ``n_components``
     components of which the first ``n_active[i]`` take part (the rest are padding of weight
     exactly zero), with ``n_init`` restarts each, the best kept.
 
-    All ``B * n_init`` runs are one ``vmap`` of the jitted core (one level of batching, which
-    compiles faster than restarts nested inside the batch over ``n_active``).
+    With the seed-based starts (``"kmeans++"``, ``"kmeans"``) restart ``r`` of every fit
+    starts from the same k-means++ seeding of ``n_components`` seeds, of which a fit with
+    ``K`` components uses the first ``K`` (a k-means++ seeding of K seeds, as a loop of fits
+    with one random state gives): one seeding per restart instead of one per fit. All
+    ``B * n_init`` fits are then one ``vmap`` of the jitted core (one level of batching,
+    which compiles faster than restarts nested inside the batch over ``n_active``).
 
     Parameters
     ----------
-    keys : PRNG keys, shape (B,)
+    key : PRNG key
     X : Array, shape (N, D)
     weights : Array, shape (N,)
     tol, reg_covar : Array, shape ()
@@ -96,16 +107,39 @@ def _sweep(
         ``responsibility_entropy`` of each fit.
     """
     n_fits = n_active.shape[0]
-    restart_keys = jax.vmap(lambda key: jax.random.split(key, n_init))(keys).reshape(-1)
+    center = jnp.sum(weights[:, None] * X, axis=0) / jnp.sum(weights)
+    xc = X - center
+    seed_key, cell_key = jax.random.split(key)
+    if init in ("kmeans++", "kmeans"):
+        seeds = jax.vmap(lambda k: kmeans_plusplus(k, xc, weights, n_components))(
+            jax.random.split(seed_key, n_init)
+        )  # (n_init, n_components, D)
+    else:
+        seeds = jnp.zeros((n_init, n_components, X.shape[1]), X.dtype)
+    cell_keys = jax.random.split(cell_key, n_fits * n_init)
+    restart_seeds = jnp.tile(seeds, (n_fits, 1, 1))  # fit-major: fit i, restart r at i*n_init+r
+    restart_active = jnp.repeat(n_active, n_init)
 
-    def one(key, k):
+    def start(cell_key, centers, k):
+        active = jnp.arange(n_components) < k
+        if init in ("kmeans++", "kmeans"):
+            if init == "kmeans":
+                centers = lloyd(xc, weights, centers, active=active)
+            resp = hard_responsibilities(xc, centers, active)
+        else:
+            resp = initial_responsibilities(cell_key, xc, weights, n_components, init, active)
+        moments = weighted_moments(xc, weights, resp, covariance_type, chunk_size)
+        params = cov.params_from_moments(moments, covariance_type, reg_covar, active)
+        return cov.shift_means(params, center)
+
+    def one(cell_key, centers, k):
         return _fit_compiled(
-            key,
+            cell_key,
             X,
             weights,
             tol,
             reg_covar,
-            None,
+            start(cell_key, centers, k),
             n_components=n_components,
             covariance_type=covariance_type,
             init=init,
@@ -116,7 +150,7 @@ def _sweep(
             n_active=k,
         )
 
-    runs = jax.vmap(one)(restart_keys, jnp.repeat(n_active, n_init))
+    runs = jax.vmap(one)(cell_keys, restart_seeds, restart_active)
     totals = runs.log_likelihood.reshape(n_fits, n_init)
     best = jnp.argmax(jnp.where(jnp.isfinite(totals), totals, -jnp.inf), axis=1)
     chosen = jnp.arange(n_fits) * n_init + best
@@ -429,11 +463,10 @@ def select(
             rows = auto_chunk_size(n_samples, max(width, K_max))
         else:
             rows = chunk_size
-        keys = jax.random.split(jax.random.fold_in(key, t), len(Ks))
         # Dispatch every type before reading any result: JAX runs one program while Python
         # traces and compiles the next.
         pending[kind] = sweep(
-            keys,
+            jax.random.fold_in(key, t),
             X,
             weights,
             jnp.asarray(tol, dtype),
