@@ -11,12 +11,16 @@ import jax.numpy as jnp
 
 # Target number of elements of the widest per-chunk intermediate (features or responsibilities).
 _CHUNK_ELEMENTS = 1 << 20
+_ROW_MULTIPLE = 256
 
 
 def auto_chunk_size(n_samples: int, width: int) -> int:
     """Rows per chunk so that an ``(rows, width)`` intermediate stays near 2**20 elements
-    (a few MB, cache friendly), at least 256 rows, at most ``n_samples``."""
-    rows = max(256, _CHUNK_ELEMENTS // max(width, 1))
+    (a few MB, cache friendly): a multiple of 256 rows, at least 256, at most ``n_samples``.
+
+    The multiple matters: XLA's CPU products over an odd number of rows run about a third
+    slower (measured at 31,775 against 31,744 rows of 33 features)."""
+    rows = max(_ROW_MULTIPLE, _CHUNK_ELEMENTS // max(width, 1) // _ROW_MULTIPLE * _ROW_MULTIPLE)
     return max(1, min(n_samples, rows))
 
 
