@@ -2,6 +2,7 @@
 are shared; a few runs in a subprocess check the console behaviour (one-line errors, the
 persistent compilation cache)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -394,3 +395,35 @@ def test_select_prints_the_table_and_saves_the_best(tmp_path, capsys, blobs_file
     assert figure.stat().st_size > 5000
     status, _, err = run(capsys, "select", path, "--k-range", "1..500")
     assert status == 2 and "exceeds the number of samples" in err
+
+
+def test_bench_select_and_groups_options(capsys, monkeypatch, tmp_path):
+    """``bench --select`` and ``bench --groups`` run their benchmarks (here at a tiny size)
+    and print and save them."""
+    import functools
+
+    from jaxgmm._src import bench_groups, benchmark
+
+    monkeypatch.setattr(
+        benchmark,
+        "run_select_benchmark",
+        functools.partial(
+            benchmark.run_select_benchmark, n_samples=120, n_features=2, K=range(1, 3),
+            covariance_types=("spherical",), with_jaxgmm_loop=False,
+        ),
+    )  # fmt: skip
+    status, out, _ = run(capsys, "bench", "--select", "--quiet", "--json", tmp_path / "s.json")
+    assert status == 0
+    assert "select over K = 1..2 x 1 covariance types, N = 120" in out
+    assert "persistent compilation cache: off" in out
+    assert json.loads((tmp_path / "s.json").read_text())["n_samples"] == 120
+
+    monkeypatch.setattr(
+        bench_groups,
+        "run_groups_benchmark",
+        functools.partial(bench_groups.run_groups_benchmark, 6, 40, 2, loop_groups=2),
+    )
+    status, out, _ = run(capsys, "bench", "--groups", "--json", tmp_path / "g.json")
+    assert status == 0
+    assert "6 groups x 40 samples" in out and "jaxgmm dtype float32" in out
+    assert json.loads((tmp_path / "g.json").read_text())["n_groups"] == 6

@@ -323,3 +323,25 @@ def test_against_mclust(datasets, selections, name):
     same = (ours.covariance_types[t], j + 1) == (ours.covariance_type, ours.n_components)
     assert same or our_best < reference[t, j]
     assert our_best <= reference[t, j] + 2 * TOL * len(X)
+
+
+def test_select_benchmark_runs_and_reports(blobs):
+    """The sweep-against-loops benchmark at a tiny size: every timing present, the ratios are
+    the quotients of the timings, and the sweep and the scikit-learn loop choose from the
+    same cells (speed itself is not asserted)."""
+    from jaxgmm._src.benchmark import format_select_bench, run_select_benchmark
+
+    bench = run_select_benchmark(
+        n_samples=len(blobs), n_features=2, K=range(1, 3), covariance_types=("diag",),
+        sklearn_threads=1,
+    )  # fmt: skip
+    assert bench.K == [1, 2] and bench.covariance_types == ["diag"]
+    for seconds in (bench.select_cold_s, bench.select_warm_s, bench.jaxgmm_loop_cold_s,
+                    bench.jaxgmm_loop_warm_s, bench.sklearn_loop_s):  # fmt: skip
+        assert seconds > 0
+    assert bench.sklearn_ratio_warm == pytest.approx(bench.sklearn_loop_s / bench.select_warm_s)
+    assert bench.jaxgmm_ratio_cold == pytest.approx(bench.jaxgmm_loop_cold_s / bench.select_cold_s)
+    assert bench.select_choice.startswith("diag K=") and bench.sklearn_choice.startswith("diag")
+    text = format_select_bench(bench)
+    assert "select over K = 1..2 x 1 covariance types" in text
+    assert "speed-up over scikit-learn" in text and "(1 thread(s))" in text
