@@ -9,6 +9,27 @@ jax.config.update("jax_enable_x64", True)
 
 COVARIANCE_TYPES = ("full", "diag", "spherical", "tied")
 
+# Every compiled XLA CPU program keeps tens of memory mappings while it is cached; a whole test
+# run compiles enough programs to approach Linux's per-process limit (vm.max_map_count, 65530
+# by default), where the compiler crashes. Caches are dropped between modules when the count
+# passes this mark (compiled functions are still shared across most modules).
+_MAP_COUNT_LIMIT = 20_000
+
+
+def _memory_map_count() -> int:
+    try:
+        with open("/proc/self/maps") as maps:
+            return sum(1 for _ in maps)
+    except OSError:  # not Linux
+        return 0
+
+
+@pytest.fixture(autouse=True, scope="module")
+def release_compiled_programs_when_maps_run_high():
+    yield
+    if _memory_map_count() > _MAP_COUNT_LIMIT:
+        jax.clear_caches()
+
 
 def three_blobs(n_per=60, dim=2, seed=0, spread=5.0):
     """Three Gaussian clusters with different shapes, shape (3 * n_per, dim), float64."""
