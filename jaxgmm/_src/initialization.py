@@ -157,14 +157,15 @@ def hard_responsibilities(xc, centers, active=None):
 
 
 def initial_responsibilities(
-    key, xc, weights, n_components: int, method: str, active=None
+    key, xc, weights, n_components: int, method: str, active=None, seeds=None
 ) -> jax.Array:
     """Responsibilities, shape (N, K), from which the first M-step builds the start.
 
     ``"kmeans++"``: each sample to its nearest k-means++ seed. ``"kmeans"``: to its nearest
     k-means center (k-means++ seeding, then Lloyd). ``"random"``: uniform random rows,
     normalised. ``"random_from_data"``: to its nearest of K distinct samples drawn at random.
-    Components outside ``active`` (shape (K,), bool) receive no responsibility.
+    Components outside ``active`` (shape (K,), bool) receive no responsibility. ``seeds``
+    (shape (K, D)), when given, replace the k-means++ seeding of the first two methods.
     """
     if method == "random":
         resp = jax.random.uniform(key, (xc.shape[0], n_components), dtype=xc.dtype)
@@ -176,7 +177,7 @@ def initial_responsibilities(
             key, xc.shape[0], (n_components,), replace=False, p=weights / jnp.sum(weights)
         )
         return hard_responsibilities(xc, _rows(xc, index), active)
-    centers = kmeans_plusplus(key, xc, weights, n_components)
+    centers = kmeans_plusplus(key, xc, weights, n_components) if seeds is None else seeds
     if method == "kmeans":
         centers = lloyd(xc, weights, centers, active=active)
     return hard_responsibilities(xc, centers, active)
@@ -192,9 +193,11 @@ def initialize_centered(
     reg_covar,
     chunk_size=None,
     active=None,
+    seeds=None,
 ) -> GMM:
-    """Initial mixture for centred data: responsibilities from ``method``, then an M-step."""
-    resp = initial_responsibilities(key, xc, weights, n_components, method, active)
+    """Initial mixture for centred data: responsibilities from ``method`` (from ``seeds``
+    when given, see ``initial_responsibilities``), then an M-step."""
+    resp = initial_responsibilities(key, xc, weights, n_components, method, active, seeds)
     moments = weighted_moments(xc, weights, resp, covariance_type, chunk_size)
     return cov.params_from_moments(moments, covariance_type, reg_covar, active)
 

@@ -15,14 +15,8 @@ from jaxgmm._src import covariances as cov
 from jaxgmm._src import validation
 from jaxgmm._src.chunking import auto_chunk_size, chunked_sum
 from jaxgmm._src.compile_options import TunedJit, em_work, profile_for
-from jaxgmm._src.em import weighted_moments
 from jaxgmm._src.fitting import _fit_compiled
-from jaxgmm._src.initialization import (
-    hard_responsibilities,
-    initial_responsibilities,
-    kmeans_plusplus,
-    lloyd,
-)
+from jaxgmm._src.initialization import initialize_centered, kmeans_plusplus
 from jaxgmm._src.model import COVARIANCE_TYPES, GMM
 
 HIGHEST = jax.lax.Precision.HIGHEST
@@ -121,15 +115,11 @@ def _sweep(
     restart_active = jnp.repeat(n_active, n_init)
 
     def start(cell_key, centers, k):
-        active = jnp.arange(n_components) < k
-        if init in ("kmeans++", "kmeans"):
-            if init == "kmeans":
-                centers = lloyd(xc, weights, centers, active=active)
-            resp = hard_responsibilities(xc, centers, active)
-        else:
-            resp = initial_responsibilities(cell_key, xc, weights, n_components, init, active)
-        moments = weighted_moments(xc, weights, resp, covariance_type, chunk_size)
-        params = cov.params_from_moments(moments, covariance_type, reg_covar, active)
+        seeds = centers if init in ("kmeans++", "kmeans") else None
+        params = initialize_centered(
+            cell_key, xc, weights, n_components, covariance_type, init, reg_covar, chunk_size,
+            jnp.arange(n_components) < k, seeds,
+        )  # fmt: skip
         return cov.shift_means(params, center)
 
     def one(cell_key, centers, k):
