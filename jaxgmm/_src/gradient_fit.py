@@ -303,13 +303,9 @@ def fit_gradient(
     validation.check_tol(tol)
     weights = validation.as_sample_weight(sample_weight, X)
     if init_params is not None:
-        validation.check_params(init_params, n_features, "init_params", K=K)
-        if init_params.covariance_type != covariance_type:
-            raise ValueError(
-                f"init_params has covariance_type={init_params.covariance_type!r} but "
-                f"covariance_type={covariance_type!r}"
-            )
-        init_params = jax.tree.map(lambda leaf: jnp.asarray(leaf, X.dtype), init_params)
+        init_params = validation.check_init_params(
+            init_params, n_features, K, covariance_type, X.dtype
+        )
     return _fit_gradient_compiled(
         key,
         X,

@@ -152,13 +152,7 @@ def online_init(
             key, xc, weights, K, covariance_type, init, reg_covar, chunk_size
         )
     else:
-        validation.check_params(init_params, n_features, "init_params", K=K)
-        if init_params.covariance_type != covariance_type:
-            raise ValueError(
-                f"init_params has covariance_type={init_params.covariance_type!r} but "
-                f"covariance_type={covariance_type!r}"
-            )
-        guess = jax.tree.map(lambda leaf: jnp.asarray(leaf, dtype), init_params)
+        guess = validation.check_init_params(init_params, n_features, K, covariance_type, dtype)
         guess = cov.shift_means(guess, -center)
     statistics, mean_ll = _batch_statistics(guess, xc, weights, chunk_size)
     params_c = cov.params_from_moments(statistics, covariance_type, reg_covar)

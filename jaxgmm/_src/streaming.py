@@ -411,13 +411,9 @@ def fit_stream(
         chunk_size = validation.check_positive_int(chunk_size, "chunk_size")
 
     if init_params is not None:
-        validation.check_params(init_params, n_features, "init_params", K=K)
-        if init_params.covariance_type != covariance_type:
-            raise ValueError(
-                f"init_params has covariance_type={init_params.covariance_type!r} but "
-                f"covariance_type={covariance_type!r}"
-            )
-        start_params = jax.tree.map(lambda leaf: jnp.asarray(leaf, dtype), init_params)
+        start_params = validation.check_init_params(
+            init_params, n_features, K, covariance_type, dtype
+        )
         params = cov.shift_means(start_params, -center)
     else:
         if sample.shape[0] < K:

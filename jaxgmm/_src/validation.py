@@ -178,3 +178,15 @@ def check_params(params, n_features: int | None, name: str = "params", K: int | 
             raise ValueError(f"{name} contains NaN or infinite values")
         if np.any(weights < 0) or abs(weights.sum() - 1.0) > 1e-4:
             raise ValueError(f"{name}.weights must be non-negative and sum to 1")
+
+
+def check_init_params(init_params: GMM, n_features: int, K: int, covariance_type: str, dtype):
+    """``init_params`` checked against the fit's ``K``, ``D`` and ``covariance_type``, its
+    leaves cast to ``dtype``; a clear ``ValueError`` naming ``init_params`` otherwise."""
+    check_params(init_params, n_features, "init_params", K=K)
+    if init_params.covariance_type != covariance_type:
+        raise ValueError(
+            f"init_params has covariance_type={init_params.covariance_type!r} but "
+            f"covariance_type={covariance_type!r}"
+        )
+    return jax.tree.map(lambda leaf: jnp.asarray(leaf, dtype), init_params)
