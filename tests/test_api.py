@@ -137,6 +137,17 @@ def test_chunking_does_not_change_the_result(blobs):
         np.testing.assert_allclose(x, y, rtol=1e-10, atol=1e-12)
 
 
+
+def test_automatic_chunks_are_larger_on_accelerators():
+    from jaxgmm._src.chunking import auto_chunk_size
+
+    # (1M, 64) full: 2,145 features per sample
+    cpu = auto_chunk_size(1_000_000, 2145, platform="cpu")
+    gpu = auto_chunk_size(1_000_000, 2145, platform="gpu")
+    assert cpu == 256 and gpu == 31_232  # 2**20 and 2**26 elements, in multiples of 256 rows
+    assert auto_chunk_size(100, 2145, platform="gpu") == 100
+    assert auto_chunk_size(1_000_000, 2145) == cpu  # the tests run on the CPU backend
+
 # --- composition with jit, vmap and grad --------------------------------------------------
 
 
