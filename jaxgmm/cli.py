@@ -211,6 +211,7 @@ def _cmd_fit(args) -> int:
             tol=args.tol,
             reg_covar=args.reg_covar,
             progress=progress,
+            n_candidates=args.n_candidates,
         )
         log_likelihood = float(result.log_likelihood)
     except (ValueError, TypeError) as error:
@@ -264,6 +265,8 @@ def _cmd_fit(args) -> int:
                 f"{_format_number(np.nanmax(totals))}",
             )
         )
+    if args.n_candidates is not None and args.n_candidates > args.n_init:
+        summary.append(("screened starts", f"{args.n_candidates}, the best {args.n_init} run"))
     summary.append(("time", f"{seconds:.2f} s (compilation included unless cached)"))
     width = max(len(name) for name, _ in summary)
     for name, value in summary:
@@ -717,6 +720,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         metavar="N",
         help="restarts, run together; the best is kept (default: 1)",
+    )
+    fit.add_argument(
+        "--n-candidates",
+        type=_positive_int,
+        default=None,
+        metavar="C",
+        help="screen C >= N starts with short EM runs and run the N best to convergence "
+        "(default: no screening)",
     )
     fit.add_argument(
         "--max-iter",

@@ -85,6 +85,39 @@ def test_restarts_keep_the_best(blobs):
     np.testing.assert_allclose(np.asarray(result.all_log_likelihoods), singles, rtol=1e-9)
 
 
+def test_screening_runs_the_best_candidates_to_convergence(blobs):
+    # Reference built from public calls: the candidates are the starts of the split keys,
+    # each runs candidate_iter iterations, and the n_init best are fitted from their starts.
+    n_candidates, n_init, short = 8, 3, 2
+    result = jaxgmm.fit(
+        KEY, blobs, 3, init="random", n_init=n_init, n_candidates=n_candidates,
+        candidate_iter=short, max_iter=30,
+    )  # fmt: skip
+    starts = [
+        jaxgmm.init_params(k, blobs, 3, method="random")
+        for k in jax.random.split(KEY, n_candidates)
+    ]
+    screened = [
+        float(jaxgmm.fit(KEY, blobs, 3, init_params=p, max_iter=short, tol=0.0).log_likelihood)
+        for p in starts
+    ]
+    best = np.argsort(screened)[::-1][:n_init]
+    finals = [
+        float(jaxgmm.fit(KEY, blobs, 3, init_params=starts[i], max_iter=30).log_likelihood)
+        for i in best
+    ]
+    np.testing.assert_allclose(np.asarray(result.all_log_likelihoods), finals, rtol=1e-9)
+    np.testing.assert_allclose(float(result.log_likelihood), max(finals), rtol=1e-12)
+    single = jaxgmm.fit(
+        KEY, blobs, 3, init="random", n_candidates=n_candidates, candidate_iter=short, max_iter=30
+    )
+    np.testing.assert_allclose(float(single.log_likelihood), finals[0], rtol=1e-9)
+    # n_candidates == n_init screens nothing: the plain restarts
+    plain = jaxgmm.fit(KEY, blobs, 3, init="random", n_init=n_init, max_iter=30)
+    same = jaxgmm.fit(KEY, blobs, 3, init="random", n_init=n_init, n_candidates=n_init, max_iter=30)
+    np.testing.assert_array_equal(plain.all_log_likelihoods, same.all_log_likelihoods)
+
+
 @pytest.mark.parametrize("init", ["kmeans++", "kmeans", "random", "random_from_data"])
 def test_every_init_method_runs_and_is_reproducible(blobs, init):
     a = jaxgmm.fit(KEY, blobs, 3, init=init, max_iter=20)
@@ -137,7 +170,6 @@ def test_chunking_does_not_change_the_result(blobs):
         np.testing.assert_allclose(x, y, rtol=1e-10, atol=1e-12)
 
 
-
 def test_automatic_chunks_are_larger_on_accelerators():
     from jaxgmm._src.chunking import auto_chunk_size
 
@@ -147,6 +179,7 @@ def test_automatic_chunks_are_larger_on_accelerators():
     assert cpu == 256 and gpu == 31_232  # 2**20 and 2**26 elements, in multiples of 256 rows
     assert auto_chunk_size(100, 2145, platform="gpu") == 100
     assert auto_chunk_size(1_000_000, 2145) == cpu  # the tests run on the CPU backend
+
 
 # --- composition with jit, vmap and grad --------------------------------------------------
 
@@ -249,6 +282,9 @@ def test_integer_input_becomes_float(blobs):
         (dict(sample_weight=np.ones(29)), ValueError, "sample_weight"),
         (dict(sample_weight=np.zeros(30)), ValueError, "sample_weight"),
         (dict(init_params="not a gmm"), TypeError, "init_params"),
+        (dict(n_init=4, n_candidates=3), ValueError, "n_candidates"),
+        (dict(n_candidates=2.5), TypeError, "n_candidates"),
+        (dict(n_candidates=4, candidate_iter=0), ValueError, "candidate_iter"),
     ],
 )
 def test_bad_input_names_the_argument(kwargs, error, word):
@@ -256,6 +292,12 @@ def test_bad_input_names_the_argument(kwargs, error, word):
     arguments.update(kwargs)
     with pytest.raises(error, match=word):
         jaxgmm.fit(**arguments)
+
+
+def test_screening_needs_random_starts(blobs):
+    start = jaxgmm.init_params(KEY, blobs, 3)
+    with pytest.raises(ValueError, match="n_candidates"):
+        jaxgmm.fit(KEY, blobs, 3, init_params=start, n_candidates=4)
 
 
 def test_init_params_of_wrong_shape_or_type(blobs):

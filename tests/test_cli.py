@@ -127,6 +127,8 @@ def test_fit_options_and_float32(tmp_path, capsys, blobs_file):
         "diag",
         "--n-init",
         2,
+        "--n-candidates",
+        6,
         "--dtype",
         "float32",
         "--seed",
@@ -136,6 +138,7 @@ def test_fit_options_and_float32(tmp_path, capsys, blobs_file):
     )
     assert status == 0, err
     assert "restarts" in out and "float32" in out
+    assert "screened starts  6, the best 2 run" in out
     params = jaxgmm.load(model)
     assert params.covariance_type == "diag" and params.means.dtype == np.float32
 

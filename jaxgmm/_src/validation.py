@@ -93,6 +93,20 @@ def check_positive_int(value, name: str) -> int:
     return int(value)
 
 
+def check_candidates(n_candidates, candidate_iter, n_init: int, init_params):
+    """Validate the start-screening options of ``fit``; returns them as ints
+    (``n_candidates`` stays ``None`` when not given)."""
+    candidate_iter = check_positive_int(candidate_iter, "candidate_iter")
+    if n_candidates is None:
+        return None, candidate_iter
+    n_candidates = check_positive_int(n_candidates, "n_candidates")
+    if n_candidates < n_init:
+        raise ValueError(f"n_candidates must be >= n_init ({n_init}); got {n_candidates}")
+    if init_params is not None:
+        raise ValueError("n_candidates screens random starts; it cannot be used with init_params")
+    return n_candidates, candidate_iter
+
+
 def _check_non_negative_scalar(value, name: str) -> None:
     if isinstance(value, numbers.Real):
         v = float(value)
