@@ -2,8 +2,9 @@
 
 PCA done in JAX (the SVD of the centred data) reduces the 64 pixels to 30 dimensions; a
 mixture with K = 10 full-covariance components and 10 restarts clusters them; the adjusted
-Rand index (ARI) compares the clusters with the true digits, for jaxgmm and for
-scikit-learn's GaussianMixture with the same settings. The component means, mapped back
+Rand index (ARI) compares the clusters with the true digits, for jaxgmm (plain restarts, and
+restarts chosen from screened starts) and for scikit-learn's GaussianMixture with the same
+settings. The component means, mapped back
 through the PCA, are drawn as 8x8 images.
 
     python examples/digits.py [--small] [--out digits-means.png]
@@ -58,6 +59,18 @@ def main():
     print(
         f"jaxgmm:       ARI {adjusted_rand_score(digits, labels):.3f}, "
         f"{int(result.n_iter)} EM iterations"
+    )
+
+    # The same restarts chosen from ten times as many screened starts (short EM runs).
+    screened = jaxgmm.fit(
+        jax.random.key(0), Z, K, covariance_type="full", n_init=n_init, init="kmeans",
+        n_candidates=10 * n_init,
+    )  # fmt: skip
+    screened_labels = np.asarray(jaxgmm.predict(screened.params, Z))
+    print(
+        f"screened:     ARI {adjusted_rand_score(digits, screened_labels):.3f}, "
+        f"mean log-likelihood {float(screened.log_likelihood) / Z.shape[0]:.3f} "
+        f"(plain restarts: {float(result.log_likelihood) / Z.shape[0]:.3f})"
     )
 
     # scikit-learn with the same settings (one BLAS thread: fastest for these small matrices).
