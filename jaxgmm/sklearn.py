@@ -154,12 +154,13 @@ _STATIC = (
     "max_iter",
     "chunk_size",
     "progress",
+    "n_candidates",
 )
 
 
 def _fit_sklearn_core(
     key, X, weights, tol, reg_covar, start, *, n_components, covariance_type, init, n_init,
-    max_iter, chunk_size, progress,
+    max_iter, chunk_size, progress, n_candidates=None,
 ):  # fmt: skip
     """The core fit, stopped by scikit-learn's rule.
 
@@ -178,11 +179,14 @@ def _fit_sklearn_core(
         Zero for padding rows.
     tol, reg_covar : Array, shape ()
     start : GMM or None
+    n_candidates : int or None
+        Starts screened by short EM runs (``jaxgmm.fit``'s option of the same name).
     """
     result = _fit_compiled(
         key, X, weights, tol, reg_covar, start, n_components=n_components,
         covariance_type=covariance_type, init=init, n_init=n_init,
         max_iter=max(max_iter - 1, 1), chunk_size=chunk_size, progress=progress,
+        n_candidates=n_candidates,
     )  # fmt: skip
     total_weight = jnp.sum(weights)
     lower_bound = result.log_likelihood / total_weight
@@ -220,7 +224,8 @@ def _fit_from_starts_core(
 
 
 _fit_from_starts = TunedJit(
-    _fit_from_starts_core, tuple(a for a in _STATIC if a not in ("init", "n_init"))
+    _fit_from_starts_core,
+    tuple(a for a in _STATIC if a not in ("init", "n_init", "n_candidates")),
 )
 
 
@@ -384,6 +389,12 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         Maximum number of EM iterations; ``0`` keeps the initial parameters.
     n_init : int, default=1
         Number of initialisations; the fit with the highest log-likelihood is kept.
+    n_candidates : int or None, default=None
+        Not in scikit-learn. Screen ``n_candidates >= n_init`` starts of ``init_params``
+        with 20 EM iterations each (one batch) and run the ``n_init`` best to convergence
+        (``jaxgmm.fit``'s start screening); higher likelihoods for more work. ``None``: no
+        screening. Cannot be combined with ``weights_init``, ``means_init`` or
+        ``precisions_init``; ignored by a warm start.
     init_params : {"kmeans", "k-means++", "random", "random_from_data"}, default="kmeans"
         Initialisation. ``"kmeans"``: k-means++ seeding then Lloyd iterations;
         ``"k-means++"``: k-means++ seeds; ``"random_from_data"``: random data points;
@@ -458,8 +469,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     *Compilation.* The number of samples is padded to a size bucket (``bucket_size``)
     with zero-weight rows, which never take part in initialisation or EM, so fits of
     different sizes in a bucket share one compiled program. A program is compiled per
-    ``(bucket, D, K, covariance_type, init_params, n_init, max_iter)``; on CPU, with
-    per-program options that make XLA's code generation cheaper (see
+    ``(bucket, D, K, covariance_type, init_params, n_init, n_candidates, max_iter)``; on
+    CPU, with per-program options that make XLA's code generation cheaper (see
     ``jaxgmm._src.compile_options``; same arithmetic).
 
     Examples
@@ -484,6 +495,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         reg_covar=1e-6,
         max_iter=100,
         n_init=1,
+        n_candidates=None,
         init_params="kmeans",
         weights_init=None,
         means_init=None,
@@ -499,6 +511,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.reg_covar = reg_covar
         self.max_iter = max_iter
         self.n_init = n_init
+        self.n_candidates = n_candidates
         self.init_params = init_params
         self.weights_init = weights_init
         self.means_init = means_init
@@ -514,6 +527,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         _check_int(self.n_components, "n_components", 1)
         _check_int(self.max_iter, "max_iter", 0)
         _check_int(self.n_init, "n_init", 1)
+        if self.n_candidates is not None:
+            _check_int(self.n_candidates, "n_candidates", self.n_init)
         _check_int(self.verbose_interval, "verbose_interval", 1)
         _check_int(self.verbose, "verbose", 0)
         _check_real(self.tol, "tol")
@@ -788,16 +803,22 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             chunk_size=_chunk_size(n_padded, n_features, self.n_components, self.covariance_type),
         )
         progress = _Progress(self.verbose, self.verbose_interval) if self.verbose else None
+        user_weights, user_means, user_covariances = user_start
+        screen = None if warm else self.n_candidates
+        if screen is not None and any(a is not None for a in user_start):
+            raise ValueError(
+                "n_candidates screens the starts of init_params; it cannot be combined with "
+                "weights_init, means_init or precisions_init"
+            )
         # Cheaper compilation for small problems (see jaxgmm._src.compile_options).
         width = _width(n_features, self.covariance_type)
-        profile = profile_for(em_work(n_padded, self.n_components, width, n_init))
+        profile = profile_for(em_work(n_padded, self.n_components, width, max(n_init, screen or 1)))
         init = _INIT_METHODS[self.init_params]
         key = jax.random.key(seed)
         X_padded, sample_weight = jnp.asarray(X_padded), jnp.asarray(sample_weight)
         tol, reg_covar = jnp.asarray(self.tol, dtype), jnp.asarray(self.reg_covar, dtype)
         data = (X_padded, sample_weight, tol, reg_covar)
 
-        user_weights, user_means, user_covariances = user_start
         if warm:
             starts = jax.tree.map(lambda a: jnp.asarray(a, dtype)[None], self._params())
         elif all(a is not None for a in user_start):
@@ -829,7 +850,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             return params, -np.inf, 0, False
         options = dict(max_iter=self.max_iter, progress=progress, profile=profile, **static)
         if starts is None:
-            result = _fit_sklearn(key, *data, None, init=init, n_init=n_init, **options)
+            result = _fit_sklearn(
+                key, *data, None, init=init, n_init=n_init, n_candidates=screen, **options
+            )
         elif starts.weights.shape[0] == 1:
             start = jax.tree.map(lambda a: a[0], starts)
             result = _fit_sklearn(key, *data, start, init=_START_INIT, n_init=1, **options)

@@ -342,6 +342,28 @@ def test_sample_counts_in_a_bucket_share_one_compiled_fit(blobs):
     assert _fit_sklearn._cache_size() - before <= 1
 
 
+def test_screened_starts_match_jaxgmm_fit(blobs):
+    # Same key, same candidates (zero-weight padding rows never take part), same M-steps:
+    # the estimator's screened fit equals jaxgmm.fit's. Unscreened, n_init=1 starts from the
+    # key itself rather than from the best of the split keys, so the two would differ.
+    seed = int(np.random.RandomState(5).randint(np.iinfo(np.int32).max))
+    options = dict(n_init=1, max_iter=START_ITER, tol=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        gm = GaussianMixture(
+            K, init_params="k-means++", n_candidates=6, random_state=5, **options
+        ).fit(blobs)
+    reference = jaxgmm.fit(
+        jax.random.key(seed), jnp.asarray(blobs), K, init="kmeans++", n_candidates=6, **options
+    )
+    np.testing.assert_allclose(gm.means_, reference.params.means, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(gm.weights_, reference.params.weights, rtol=1e-8)
+    with pytest.raises(ValueError, match="n_candidates"):
+        GaussianMixture(K, n_init=3, n_candidates=2).fit(blobs)
+    with pytest.raises(ValueError, match="n_candidates"):
+        GaussianMixture(K, n_candidates=4, means_init=gm.means_).fit(blobs)
+
+
 def test_random_state_reproducible(blobs):
     a = GaussianMixture(K, init_params="random", random_state=3).fit(blobs)
     b = GaussianMixture(K, init_params="random", random_state=3).fit(blobs)
