@@ -10,6 +10,10 @@ import json
 import sys
 
 
+# Start screening, checked on sharded data too.
+SCREENED = dict(n_init=2, n_candidates=6, candidate_iter=3)
+
+
 def make_data():
     import numpy as np
 
@@ -49,6 +53,9 @@ def devices_mode(out_path):
     report["sharded"] = summarise(jaxgmm.fit(jax.random.key(0), sharded, 3, **options))
     report["sharded_chunked"] = summarise(
         jaxgmm.fit(jax.random.key(0), sharded, 3, chunk_size=30, **options)
+    )
+    report["sharded_screened"] = summarise(
+        jaxgmm.fit(jax.random.key(0), sharded, 3, **SCREENED, **options)
     )
     # Inspect the compiled program: no all-gather may rebuild the whole (N, D) data.
     compiled = (

@@ -36,6 +36,15 @@ def reference():
     return worker.summarise(result)
 
 
+@pytest.fixture(scope="module")
+def screened_reference():
+    worker = _load_worker()
+    result = jaxgmm.fit(
+        jax.random.key(0), worker.make_data(), 3, max_iter=25, tol=0.0, **worker.SCREENED
+    )
+    return worker.summarise(result)
+
+
 def _assert_same_fit(got, expected):
     # Only the order of floating-point additions differs (per-device partial sums).
     np.testing.assert_allclose(got["log_likelihood"], expected["log_likelihood"], rtol=1e-10)
@@ -51,7 +60,7 @@ def _environment(**extra):
     return env
 
 
-def test_fit_on_eight_sharded_devices(tmp_path, reference):
+def test_fit_on_eight_sharded_devices(tmp_path, reference, screened_reference):
     out = tmp_path / "devices.json"
     env = _environment(XLA_FLAGS="--xla_force_host_platform_device_count=8")
     subprocess.run(
@@ -61,6 +70,7 @@ def test_fit_on_eight_sharded_devices(tmp_path, reference):
     assert report["n_devices"] == 8 and report["shards"] == 8
     _assert_same_fit(report["sharded"], reference)
     _assert_same_fit(report["sharded_chunked"], reference)
+    _assert_same_fit(report["sharded_screened"], screened_reference)
     assert report["full_size_gathers"] == 0
 
 
