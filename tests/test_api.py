@@ -129,6 +129,26 @@ def test_every_init_method_runs_and_is_reproducible(blobs, init):
     np.testing.assert_allclose(float(jnp.sum(start.weights)), 1.0, rtol=1e-12)
 
 
+@pytest.mark.parametrize("n_samples", [40, 300])  # within one block of 64 rows; across five
+def test_kmeans_plusplus_draws_in_proportion_to_mass(n_samples):
+    from jaxgmm._src.initialization import _sample_proportional
+
+    rng = np.random.default_rng(1)
+    mass = rng.random(n_samples) ** 3
+    mass[10:20] = 0.0  # never drawn
+    mass[-5:] = 0.0  # an empty tail: rounding must not land there
+    draws = jax.jit(jax.vmap(lambda k: _sample_proportional(k, jnp.asarray(mass), 5)))(
+        jax.random.split(KEY, 20_000)
+    )
+    counts = np.bincount(np.asarray(draws).ravel(), minlength=n_samples)
+    assert counts[mass == 0].sum() == 0
+    expected = mass / mass.sum() * counts.sum()
+    positive = mass > 0
+    chi2 = np.sum((counts[positive] - expected[positive]) ** 2 / expected[positive])
+    dof = positive.sum() - 1
+    assert chi2 < dof + 5 * np.sqrt(2 * dof)  # five standard deviations of a chi-square
+
+
 def test_kmeans_init_finds_separated_clusters():
     rng = np.random.default_rng(3)
     centers = np.array([[0.0, 0.0], [20.0, 0.0], [0.0, 20.0]])

@@ -15,6 +15,8 @@ from jaxgmm._src.model import GMM
 
 HIGHEST = jax.lax.Precision.HIGHEST
 _LLOYD_MAX_ITER = 100
+# k-means++ seeding for at most this many components is unrolled instead of a fori_loop.
+_UNROLLED_SEEDS = 8
 
 
 def _squared_distances(xc: jax.Array, centers: jax.Array) -> jax.Array:
@@ -46,20 +48,45 @@ def _weighted_choice_mass(weights, scores):
     return jnp.where(jnp.sum(mass) > 0, mass, weights)
 
 
+# Rows per block of the two-level inverse-CDF sampling below.
+_SAMPLING_BLOCK = 64
+
+
 def _sample_proportional(key, mass, n: int) -> jax.Array:
     """``n`` indices drawn with replacement with probabilities proportional to ``mass``
     (shape (N,), non-negative, positive sum), shape (n,).
 
-    Inverse-CDF sampling: one cumulative sum and a binary search per draw, where
-    ``jax.random.categorical`` would draw ``n * N`` Gumbel variates (the dominant cost of
-    k-means++ seeding). An index of zero mass is never returned.
+    Inverse-CDF sampling in two levels: the samples are split into blocks of 64, a block is
+    drawn by the cumulative sum of the block totals, then a sample within it by the cumulative
+    sum of its 64 masses. One pass over ``mass`` (the block totals) replaces a cumulative sum
+    over all of it, which XLA runs as several passes; ``jax.random.categorical`` would draw
+    ``n * N`` Gumbel variates. An index of zero mass is never returned.
     """
-    cumulative = jnp.cumsum(mass)
-    targets = jax.random.uniform(key, (n,), cumulative.dtype) * cumulative[-1]
-    index = jnp.searchsorted(cumulative, targets, side="right")
-    # Rounding can put a target at the very top: fall back to the last index with mass.
-    last = jnp.max(jnp.where(mass > 0, jnp.arange(mass.shape[0]), 0))
-    return jnp.minimum(index, last)
+    n_samples = mass.shape[0]
+    size = min(_SAMPLING_BLOCK, n_samples)
+    n_blocks = -(-n_samples // size)
+    blocks = jnp.pad(mass, (0, n_blocks * size - n_samples)).reshape(n_blocks, size)
+    block_mass = jnp.sum(blocks, axis=1)
+    upper = jnp.cumsum(block_mass)
+    targets = jax.random.uniform(key, (n,), mass.dtype) * upper[-1]
+    # Rounding can put a target at the very top, or in a block's empty tail: fall back to the
+    # last block with mass, and to the last sample with mass in the block.
+    last_block = jnp.max(jnp.where(block_mass > 0, jnp.arange(n_blocks), 0))
+    block = jnp.minimum(jnp.searchsorted(upper, targets, side="right"), last_block)
+    remainder = targets - (upper[block] - block_mass[block])
+    rows = blocks[block]  # (n, size)
+    last_in_row = jnp.max(jnp.where(rows > 0, jnp.arange(size), 0), axis=1)
+    within = jnp.sum(jnp.cumsum(rows, axis=1) <= remainder[:, None], axis=1)
+    return block * size + jnp.minimum(within, last_in_row)
+
+
+def _column(matrix, index) -> jax.Array:
+    """``matrix[:, index]`` for a traced scalar ``index`` and a few columns, as a chain of
+    selects (a dynamic column slice of a batched matrix is slow under ``vmap``)."""
+    column = matrix[:, 0]
+    for j in range(1, matrix.shape[1]):
+        column = jnp.where(index == j, matrix[:, j], column)
+    return column
 
 
 def kmeans_plusplus(key, xc, weights, n_components: int) -> jax.Array:
@@ -95,9 +122,15 @@ def kmeans_plusplus(key, xc, weights, n_components: int) -> jax.Array:
         potential = jnp.sum(weights[:, None] * trial_closest, axis=0)
         best = jnp.argmin(potential)
         centers = centers.at[i].set(candidate_rows[best])
-        return centers, trial_closest[:, best], key
+        return centers, _column(trial_closest, best), key
 
-    centers, _, _ = jax.lax.fori_loop(1, n_components, add_center, (centers, closest, key))
+    carry = (centers, closest, key)
+    if n_components <= _UNROLLED_SEEDS:  # a short loop runs faster written out
+        for i in range(1, n_components):
+            carry = add_center(i, carry)
+    else:
+        carry = jax.lax.fori_loop(1, n_components, add_center, carry)
+    centers, _, _ = carry
     return centers
 
 

@@ -43,7 +43,6 @@ def transposed_product(resp, phi):
     """``resp.T @ phi``: (n, K) x (n, P) -> (K, P)."""
     n_components, width = resp.shape[1], phi.shape[1]
     if is_small(width, n_components):
-        return column_sums(
-            [resp[:, k] for k in range(n_components)], [phi[:, p] for p in range(width)]
-        )
+        resp_t, phi_t = resp.T, phi.T  # rows are contiguous, columns of a batched matrix not
+        return column_sums(list(resp_t), list(phi_t))
     return jnp.matmul(resp.T, phi, precision=HIGHEST)
