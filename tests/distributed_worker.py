@@ -9,7 +9,6 @@ Modes:
 import json
 import sys
 
-
 # Start screening, checked on sharded data too.
 SCREENED = dict(n_init=2, n_candidates=6, candidate_iter=3)
 
