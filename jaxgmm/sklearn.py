@@ -33,7 +33,8 @@ from jaxgmm._src import covariances as cov
 from jaxgmm._src.chunking import auto_chunk_size
 from jaxgmm._src.compile_options import TunedJit, em_work, profile_for
 from jaxgmm._src.em import _centered, weighted_log_densities
-from jaxgmm._src.fitting import _fit_compiled, em_pass
+from jaxgmm._src.em_loop import em_pass
+from jaxgmm._src.fitting import _fit_compiled
 from jaxgmm._src.initialization import initialize_centered
 from jaxgmm._src.model import COVARIANCE_TYPES, GMM
 from jaxgmm._src.online import _state_from_params, online_init, online_update

@@ -81,3 +81,39 @@ def test_groups_benchmark_runs_and_reports():
     assert r.max_rel_diff_vs_loop < 1e-10  # vmap and the loop fit the same thing
     text = format_groups_benchmark(r)
     assert "measured on 4 groups, scaled x4" in text and "compile" in text
+
+
+def test_slot_sizes():
+    from jaxgmm._src.batched_em import slot_sizes
+
+    assert slot_sizes(16) == (16,)
+    assert slot_sizes(40) == (40, 10)
+    assert slot_sizes(1000) == (1000, 250, 63, 16)
+
+
+def test_compacted_batch_equals_single_fits_and_differentiates():
+    """With more than 16 groups, the batched loop on the CPU runs each iteration on the groups
+    still running only (gathered into 40 or 10 slots here); every group must still end as
+    its own single fit, with its own number of iterations, and gradients must pass."""
+    n_groups = 40
+    data = jnp.asarray(make_groups_data(n_groups, N, K, seed=5))
+    keys = jax.random.split(jax.random.key(1), n_groups)
+    result = fit_groups_function(K)(keys, data)
+    n_iter = np.asarray(result.n_iter)
+    assert n_iter.max() > n_iter.min() + 2  # groups stop at different iterations
+    for g in range(n_groups):
+        single = jaxgmm.fit(keys[g], data[g], K)
+        assert int(result.n_iter[g]) == int(single.n_iter), g
+        np.testing.assert_allclose(result.params.means[g], single.params.means, rtol=1e-10)
+        np.testing.assert_allclose(result.history[g], single.history, rtol=1e-12, equal_nan=True)
+
+    def total(X):
+        fits = jax.vmap(lambda k, x: jaxgmm.fit(k, x, K).log_likelihood)(keys[:20], X)
+        return jnp.sum(fits)
+
+    grad = jax.grad(total)(data[:20])
+    single_grads = [
+        jax.grad(lambda x, g=g: jaxgmm.fit(keys[g], x, K).log_likelihood)(data[g]) for g in (0, 19)
+    ]
+    np.testing.assert_allclose(grad[0], single_grads[0], rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(grad[19], single_grads[1], rtol=1e-8, atol=1e-10)

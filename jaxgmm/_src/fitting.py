@@ -3,186 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
 
 from jaxgmm._src import covariances as cov
-from jaxgmm._src import products, validation
-from jaxgmm._src.chunking import Chunking, auto_chunk_size, chunked_sum, sample_shards
+from jaxgmm._src import validation
+from jaxgmm._src.batched_em import run_em_batchable
+from jaxgmm._src.chunking import Chunking, auto_chunk_size, sample_shards
+from jaxgmm._src.em_loop import run_em, run_em_unrolled
 from jaxgmm._src.implicit import attach_implicit_gradients
 from jaxgmm._src.initialization import initialize_centered
 from jaxgmm._src.model import GMM, FitResult
-
-
-def em_pass(params_c: GMM, xc, weights, chunk_size: int):
-    """One fused pass over the data: E-step at ``params_c`` and the M-step statistics.
-
-    Parameters
-    ----------
-    params_c : GMM
-        Parameters in centred coordinates.
-    xc : Array, shape (N, D)
-        Centred data.
-    weights : Array, shape (N,)
-    chunk_size : int
-
-    Returns
-    -------
-    moments : Array, shape (K, P)
-        ``(gamma * w).T @ features(xc)``, the input of the next M-step.
-    total_log_likelihood : Array, shape ()
-        ``sum_n w_n log p(x_n)`` at ``params_c``.
-    """
-    coefficients = cov.log_density_coefficients(params_c)
-    covariance_type = params_c.covariance_type
-    n_components = coefficients.shape[1]
-
-    def on_chunk_small(x, w):
-        # With a handful of features and components, every per-sample quantity is kept as
-        # its own (n,) vector: elementwise loops over long contiguous vectors and one reduction
-        # per statistic, instead of operations along a tiny minor axis.
-        phi = cov.features(x, covariance_type)
-        columns = [phi[:, p] for p in range(phi.shape[1])]
-        joint = [
-            sum(coefficients[p, k] * column for p, column in enumerate(columns))
-            for k in range(n_components)
-        ]
-        peak = jax.lax.stop_gradient(functools.reduce(jnp.maximum, joint))
-        unnormalised = [jnp.exp(j - peak) for j in joint]
-        total = sum(unnormalised)
-        scale = w / total
-        moments = products.column_sums([u * scale for u in unnormalised], columns)
-        per_sample = peak + jnp.log(total)
-        return moments, jnp.sum(jnp.where(w > 0, w * per_sample, 0.0))
-
-    def on_chunk(x, w):
-        phi = cov.features(x, covariance_type)
-        joint = products.times_coefficients(phi, coefficients)  # (n, K)
-        # One exponential per entry serves both the log-sum-exp and the responsibilities.
-        peak = jax.lax.stop_gradient(jnp.max(joint, axis=1, keepdims=True))
-        unnormalised = jnp.exp(joint - peak)
-        total = jnp.sum(unnormalised, axis=1, keepdims=True)
-        per_sample = (peak + jnp.log(total))[:, 0]
-        resp = unnormalised * (w[:, None] / total)
-        return products.transposed_product(resp, phi), jnp.sum(
-            jnp.where(w > 0, w * per_sample, 0.0)
-        )
-
-    small = products.is_small(coefficients.shape[0], n_components)
-    return chunked_sum(on_chunk_small if small else on_chunk, (xc, weights), chunk_size)
-
-
-def _mean_pass(params, xc, weights, total_weight, chunk_size):
-    """``em_pass`` with the log-likelihood as a weighted mean per sample."""
-    moments, total = em_pass(params, xc, weights, chunk_size)
-    return moments, total / total_weight
-
-
-def _select(flag, new, old):
-    return jax.tree.map(lambda a, b: jnp.where(flag, a, b), new, old)
-
-
-def run_em(
-    params0: GMM,
-    xc,
-    weights,
-    tol,
-    reg_covar,
-    max_iter: int,
-    chunk_size: int,
-    progress=None,
-    active=None,
-):
-    """EM from ``params0`` (centred coordinates) until the mean log-likelihood changes by
-    less than ``tol`` or ``max_iter`` M-steps; a non-finite log-likelihood stops the loop and
-    keeps the last finite parameters. ``progress``, when given, is called from the loop with
-    ``(n_iter, mean_log_likelihood)`` after every iteration (``jax.debug.callback``).
-    ``active`` (shape (K,), bool) marks the components that take part; the others are
-    padding with weight zero (used to fit several K in one compiled program).
-
-    Returns
-    -------
-    params, mean_log_likelihood, n_iter, converged, history
-    """
-    total_weight = jnp.sum(weights)
-    covariance_type = params0.covariance_type
-
-    def evaluate(params):
-        return _mean_pass(params, xc, weights, total_weight, chunk_size)
-
-    moments0, mean0 = evaluate(params0)
-    history0 = jnp.full((max_iter,), jnp.nan, xc.dtype)
-    state0 = (
-        params0,
-        moments0,
-        mean0,
-        jnp.asarray(0),
-        jnp.asarray(False),
-        ~jnp.isfinite(mean0),
-        history0,
-    )
-
-    def keep_going(state):
-        _, _, _, n_iter, _, stopped, _ = state
-        return (~stopped) & (n_iter < max_iter)
-
-    def iteration(state):
-        params, moments, mean, n_iter, _, _, history = state
-        new_params = cov.params_from_moments(moments, covariance_type, reg_covar, active)
-        new_moments, new_mean = evaluate(new_params)
-        finite = jnp.isfinite(new_mean)
-        converged = finite & (jnp.abs(new_mean - mean) < tol)
-        history = jnp.where(finite, history.at[n_iter].set(new_mean), history)
-        params = _select(finite, new_params, params)
-        moments = jnp.where(finite, new_moments, moments)
-        mean = jnp.where(finite, new_mean, mean)
-        n_iter = n_iter + finite.astype(n_iter.dtype)
-        if progress is not None:
-            jax.debug.callback(progress, n_iter, new_mean)
-        return params, moments, mean, n_iter, converged, converged | ~finite, history
-
-    params, _, mean, n_iter, converged, _, history = jax.lax.while_loop(
-        keep_going, iteration, state0
-    )
-    return params, mean * total_weight, n_iter, converged, history
-
-
-def run_em_unrolled(
-    params0: GMM,
-    xc,
-    weights,
-    tol,
-    reg_covar,
-    max_iter: int,
-    chunk_size: int,
-    progress=None,
-    active=None,
-):
-    """Exactly ``max_iter`` EM iterations in a ``lax.scan`` (reverse-differentiable, each
-    iteration rematerialised in the backward pass); same outputs as ``run_em``."""
-    total_weight = jnp.sum(weights)
-    covariance_type = params0.covariance_type
-
-    def evaluate(params):
-        return _mean_pass(params, xc, weights, total_weight, chunk_size)
-
-    @jax.checkpoint
-    def iteration(carry, index):
-        params, moments, mean = carry
-        new_params = cov.params_from_moments(moments, covariance_type, reg_covar, active)
-        new_moments, new_mean = evaluate(new_params)
-        if progress is not None:
-            jax.debug.callback(progress, index + 1, new_mean)
-        return (new_params, new_moments, new_mean), (new_mean, jnp.abs(new_mean - mean) < tol)
-
-    moments0, mean0 = evaluate(params0)
-    (params, _, mean), (history, small_change) = jax.lax.scan(
-        iteration, (params0, moments0, mean0), jnp.arange(max_iter)
-    )
-    converged = small_change[-1] & jnp.isfinite(mean)
-    return params, mean * total_weight, jnp.asarray(max_iter), converged, history
 
 
 def _screened_starts(candidates, n_keep, n_iter, xc, weights, reg_covar, chunk_size, active):
@@ -258,8 +90,17 @@ def _fit_core(
         return jax.lax.stop_gradient(params0)
 
     def run_from(params0):
-        run = run_em_unrolled if gradient == "unroll" else run_em
-        return run(params0, xc, weights, tol, reg_covar, max_iter, chunk_size, progress, active)
+        if gradient == "unroll":
+            return run_em_unrolled(
+                params0, xc, weights, tol, reg_covar, max_iter, chunk_size, progress, active
+            )
+        if progress is not None or isinstance(chunk_size, Chunking):
+            return run_em(
+                params0, xc, weights, tol, reg_covar, max_iter, chunk_size, progress, active
+            )
+        return run_em_batchable(
+            params0, xc, weights, tol, reg_covar, active, max_iter=max_iter, chunk_size=chunk_size
+        )
 
     if n_candidates is not None and n_candidates > n_init:
         starts = _screened_starts(

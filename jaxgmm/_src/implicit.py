@@ -40,7 +40,7 @@ def em_step(params: GMM, X, weights, reg_covar, chunk_size: int) -> GMM:
     GMM
         Differentiable with respect to every argument.
     """
-    from jaxgmm._src.fitting import em_pass
+    from jaxgmm._src.em_loop import em_pass
 
     center = jnp.sum(weights[:, None] * X, axis=0) / jnp.sum(weights)
     moments, _ = em_pass(cov.shift_means(params, -center), X - center, weights, chunk_size)
@@ -50,7 +50,7 @@ def em_step(params: GMM, X, weights, reg_covar, chunk_size: int) -> GMM:
 
 def total_log_likelihood(params: GMM, X, weights, chunk_size: int):
     """``sum_n w_n log p(x_n)``, shape (); differentiable."""
-    from jaxgmm._src.fitting import em_pass
+    from jaxgmm._src.em_loop import em_pass
 
     center = jnp.sum(weights[:, None] * X, axis=0) / jnp.sum(weights)
     _, total = em_pass(cov.shift_means(params, -center), X - center, weights, chunk_size)

@@ -48,22 +48,27 @@ def _weighted_choice_mass(weights, scores):
     return jnp.where(jnp.sum(mass) > 0, mass, weights)
 
 
-# Rows per block of the two-level inverse-CDF sampling below.
+# Rows per block of the two-level inverse-CDF sampling below: small blocks for small data
+# (batched under vmap, the within-block work dominates), larger ones for large data (the
+# block totals dominate). Measured on 1,000 x 500 and 1,000,000 samples.
 _SAMPLING_BLOCK = 64
+_SMALL_DATA_BLOCK = 16
+_SMALL_DATA = 4096
 
 
 def _sample_proportional(key, mass, n: int) -> jax.Array:
     """``n`` indices drawn with replacement with probabilities proportional to ``mass``
     (shape (N,), non-negative, positive sum), shape (n,).
 
-    Inverse-CDF sampling in two levels: the samples are split into blocks of 64, a block is
-    drawn by the cumulative sum of the block totals, then a sample within it by the cumulative
-    sum of its 64 masses. One pass over ``mass`` (the block totals) replaces a cumulative sum
-    over all of it, which XLA runs as several passes; ``jax.random.categorical`` would draw
-    ``n * N`` Gumbel variates. An index of zero mass is never returned.
+    Inverse-CDF sampling in two levels: the samples are split into blocks (of 16 samples up
+    to 4,096 samples, else of 64), a block is drawn by the cumulative sum of the block totals,
+    then a sample within it by the cumulative sum of its masses. One pass over ``mass`` (the
+    block totals) replaces a cumulative sum over all of it, which XLA runs as several passes;
+    ``jax.random.categorical`` would draw ``n * N`` Gumbel variates. An index of zero mass is
+    never returned.
     """
     n_samples = mass.shape[0]
-    size = min(_SAMPLING_BLOCK, n_samples)
+    size = min(_SMALL_DATA_BLOCK if n_samples <= _SMALL_DATA else _SAMPLING_BLOCK, n_samples)
     n_blocks = -(-n_samples // size)
     blocks = jnp.pad(mass, (0, n_blocks * size - n_samples)).reshape(n_blocks, size)
     block_mass = jnp.sum(blocks, axis=1)

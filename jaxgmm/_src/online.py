@@ -24,7 +24,7 @@ import numpy as np
 from jaxgmm._src import covariances as cov
 from jaxgmm._src import validation
 from jaxgmm._src.chunking import auto_chunk_size
-from jaxgmm._src.fitting import em_pass
+from jaxgmm._src.em_loop import em_pass
 from jaxgmm._src.initialization import initialize_centered
 from jaxgmm._src.model import GMM, FitResult
 from jaxgmm._src.streaming import StreamSource, as_rows, compute_dtype, fixed_batches, stream_pass
