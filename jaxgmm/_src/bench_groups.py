@@ -123,8 +123,10 @@ def run_groups_benchmark(
     ``1e-3``, at most 100 iterations) and a k-means++ start (scikit-learn's
     ``init_params="k-means++"``; its default, ``"kmeans"``, is slower). Compilation is
     excluded: the vmapped program is compiled ahead of time (timed separately) and each loop
-    runs once before it is timed. Under ``vmap`` every group runs as many EM iterations as
-    the slowest one needs (a batched ``while_loop``), the loops only as many as each needs.
+    runs once before it is timed. Every fit takes the iterations it needs: on the CPU the
+    batched loop works on the groups still running only (``jaxgmm._src.batched_em``); on an
+    accelerator it iterates the whole batch until the slowest group has converged, freezing
+    the others.
 
     Examples
     --------
@@ -233,7 +235,7 @@ def format_groups_benchmark(r: GroupsBenchmark) -> str:
         )
     lines.append(
         f"  EM iterations under vmap: max {r.vmap_max_n_iter}, mean {r.vmap_mean_n_iter:.1f} "
-        "(every group runs until the slowest has converged)"
+        "(on the CPU each iteration runs on the groups still running only)"
     )
     lines.append(
         f"  vmap vs single fits, same keys: max relative difference of the log-likelihood "
