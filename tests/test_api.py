@@ -149,6 +149,23 @@ def test_kmeans_plusplus_draws_in_proportion_to_mass(n_samples):
     assert chi2 < dof + 5 * np.sqrt(2 * dof)  # five standard deviations of a chi-square
 
 
+@pytest.mark.parametrize("kind", COVARIANCE_TYPES)
+def test_nearest_center_moments_equal_one_hot_moments(blobs, kind):
+    from jaxgmm._src.em import weighted_moments
+    from jaxgmm._src.initialization import _nearest_center_moments, hard_responsibilities
+
+    xc = jnp.asarray(blobs) - jnp.mean(blobs, axis=0)
+    weights = jnp.asarray(np.random.default_rng(2).random(len(blobs)))
+    centers = xc[jnp.array([3, 70, 150, 20])]
+    active = jnp.array([True, True, False, True])
+    for mask in (None, active):
+        expected = weighted_moments(
+            xc, weights, hard_responsibilities(xc, centers, mask), kind, chunk_size=50
+        )
+        got = _nearest_center_moments(xc, weights, centers, kind, chunk_size=50, active=mask)
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
 def test_kmeans_init_finds_separated_clusters():
     rng = np.random.default_rng(3)
     centers = np.array([[0.0, 0.0], [20.0, 0.0], [0.0, 20.0]])

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from jaxgmm._src import covariances as cov
 from jaxgmm._src import products, validation
+from jaxgmm._src.chunking import auto_chunk_size, chunked_sum
 from jaxgmm._src.em import weighted_moments
 from jaxgmm._src.model import GMM
 
@@ -85,13 +86,26 @@ def _sample_proportional(key, mass, n: int) -> jax.Array:
     return block * size + jnp.minimum(within, last_in_row)
 
 
-def _column(matrix, index) -> jax.Array:
-    """``matrix[:, index]`` for a traced scalar ``index`` and a few columns, as a chain of
-    selects (a dynamic column slice of a batched matrix is slow under ``vmap``)."""
-    column = matrix[:, 0]
-    for j in range(1, matrix.shape[1]):
-        column = jnp.where(index == j, matrix[:, j], column)
-    return column
+def _distance_columns(xc, centers) -> list:
+    """``||x_n - c_k||^2`` as one (N,) vector per center: elementwise for small D (a batched
+    (N, K) matrix with a tiny K is slow to reduce along N), else the columns of the product
+    form."""
+    if xc.shape[1] <= products.SMALL_CONTRACTION:
+        return [
+            sum(jnp.square(xc[:, d] - centers[k, d]) for d in range(xc.shape[1]))
+            for k in range(centers.shape[0])
+        ]
+    matrix = _squared_distances(xc, centers)
+    return [matrix[:, k] for k in range(centers.shape[0])]
+
+
+def _pick(vectors, index) -> jax.Array:
+    """``vectors[index]`` for a traced scalar ``index``, as a chain of selects (a dynamic
+    slice of a batched stack is slow under ``vmap``)."""
+    picked = vectors[0]
+    for j in range(1, len(vectors)):
+        picked = jnp.where(index == j, vectors[j], picked)
+    return picked
 
 
 def kmeans_plusplus(key, xc, weights, n_components: int) -> jax.Array:
@@ -123,11 +137,14 @@ def kmeans_plusplus(key, xc, weights, n_components: int) -> jax.Array:
         mass = _weighted_choice_mass(weights, closest)
         candidates = _sample_proportional(trial_key, mass, n_trials)
         candidate_rows = _rows(xc, candidates)
-        trial_closest = jnp.minimum(closest[:, None], _squared_distances(xc, candidate_rows))
-        potential = jnp.sum(weights[:, None] * trial_closest, axis=0)
+        # One (N,) vector per candidate: the closest squared distance if it were added.
+        trial_closest = [
+            jnp.minimum(closest, distances) for distances in _distance_columns(xc, candidate_rows)
+        ]
+        potential = jnp.stack([jnp.sum(weights * trial) for trial in trial_closest])
         best = jnp.argmin(potential)
         centers = centers.at[i].set(candidate_rows[best])
-        return centers, _column(trial_closest, best), key
+        return centers, _pick(trial_closest, best), key
 
     carry = (centers, closest, key)
     if n_components <= _UNROLLED_SEEDS:  # a short loop runs faster written out
@@ -194,31 +211,60 @@ def hard_responsibilities(xc, centers, active=None):
     return jax.nn.one_hot(labels, centers.shape[0], dtype=xc.dtype)
 
 
+def initial_centers(
+    key, xc, weights, n_components: int, method: str, active=None, seeds=None
+) -> jax.Array:
+    """Centers, shape (K, D), of the methods that assign every sample to its nearest center:
+    ``"kmeans++"`` (the k-means++ seeds), ``"kmeans"`` (k-means++ seeding, then Lloyd) and
+    ``"random_from_data"`` (K distinct samples drawn at random). ``seeds`` (shape (K, D)),
+    when given, replace the k-means++ seeding of the first two."""
+    if method == "random_from_data":
+        index = jax.random.choice(
+            key, xc.shape[0], (n_components,), replace=False, p=weights / jnp.sum(weights)
+        )
+        return _rows(xc, index)
+    centers = kmeans_plusplus(key, xc, weights, n_components) if seeds is None else seeds
+    if method == "kmeans":
+        centers = lloyd(xc, weights, centers, active=active)
+    return centers
+
+
 def initial_responsibilities(
     key, xc, weights, n_components: int, method: str, active=None, seeds=None
 ) -> jax.Array:
     """Responsibilities, shape (N, K), from which the first M-step builds the start.
 
-    ``"kmeans++"``: each sample to its nearest k-means++ seed. ``"kmeans"``: to its nearest
-    k-means center (k-means++ seeding, then Lloyd). ``"random"``: uniform random rows,
-    normalised. ``"random_from_data"``: to its nearest of K distinct samples drawn at random.
-    Components outside ``active`` (shape (K,), bool) receive no responsibility. ``seeds``
-    (shape (K, D)), when given, replace the k-means++ seeding of the first two methods.
+    ``"random"``: uniform random rows, normalised; the other methods: each sample to its
+    nearest of ``initial_centers``. Components outside ``active`` (shape (K,), bool) receive
+    no responsibility.
     """
     if method == "random":
         resp = jax.random.uniform(key, (xc.shape[0], n_components), dtype=xc.dtype)
         if active is not None:
             resp = resp * active
         return resp / jnp.sum(resp, axis=1, keepdims=True)
-    if method == "random_from_data":
-        index = jax.random.choice(
-            key, xc.shape[0], (n_components,), replace=False, p=weights / jnp.sum(weights)
-        )
-        return hard_responsibilities(xc, _rows(xc, index), active)
-    centers = kmeans_plusplus(key, xc, weights, n_components) if seeds is None else seeds
-    if method == "kmeans":
-        centers = lloyd(xc, weights, centers, active=active)
+    centers = initial_centers(key, xc, weights, n_components, method, active, seeds)
     return hard_responsibilities(xc, centers, active)
+
+
+def _nearest_center_moments(xc, weights, centers, covariance_type, chunk_size, active=None):
+    """``weighted_moments`` of the one-hot responsibilities of the nearest centers, for a few
+    features and components: one (n,) indicator vector per component instead of an (n, K)
+    one-hot matrix, whose columns a batched (vmapped) reduction reads slowly."""
+    n_components = centers.shape[0]
+    width = cov.n_quadratic_features(covariance_type, xc.shape[1]) + xc.shape[1] + 1
+    if chunk_size is None:
+        chunk_size = auto_chunk_size(xc.shape[0], max(width, n_components))
+
+    def moments(x, w):
+        distances = jnp.stack(_distance_columns(x, centers))  # (K, n)
+        if active is not None:
+            distances = jnp.where(active[:, None], distances, jnp.inf)
+        labels = jnp.argmin(distances, axis=0)
+        indicators = [jnp.where(labels == k, w, 0.0) for k in range(n_components)]
+        return products.column_sums(indicators, list(cov.features(x, covariance_type).T))
+
+    return chunked_sum(moments, (xc, weights), chunk_size)
 
 
 def initialize_centered(
@@ -235,8 +281,13 @@ def initialize_centered(
 ) -> GMM:
     """Initial mixture for centred data: responsibilities from ``method`` (from ``seeds``
     when given, see ``initial_responsibilities``), then an M-step."""
-    resp = initial_responsibilities(key, xc, weights, n_components, method, active, seeds)
-    moments = weighted_moments(xc, weights, resp, covariance_type, chunk_size)
+    width = cov.n_quadratic_features(covariance_type, xc.shape[1]) + xc.shape[1] + 1
+    if method != "random" and products.is_small(width, n_components):
+        centers = initial_centers(key, xc, weights, n_components, method, active, seeds)
+        moments = _nearest_center_moments(xc, weights, centers, covariance_type, chunk_size, active)
+    else:
+        resp = initial_responsibilities(key, xc, weights, n_components, method, active, seeds)
+        moments = weighted_moments(xc, weights, resp, covariance_type, chunk_size)
     return cov.params_from_moments(moments, covariance_type, reg_covar, active)
 
 
