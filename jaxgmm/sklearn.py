@@ -109,7 +109,7 @@ def _precision_scope(dtype):
 
 def _width(n_features: int, covariance_type: str) -> int:
     """Columns ``P`` of the core's feature matrix."""
-    return cov.n_quadratic_features(covariance_type, n_features) + n_features + 1
+    return cov.n_feature_columns(covariance_type, n_features)
 
 
 def _chunk_size(n_rows: int, n_features: int, n_components: int, covariance_type: str) -> int:

@@ -16,6 +16,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from jaxgmm._src.chunking import Chunking
 from jaxgmm._src.em_loop import em_iteration, em_outputs, em_running, em_start, run_em
 
 # Batch sizes shrink by this factor, down to a batch of at most _SMALLEST_SLOTS fits.
@@ -31,14 +32,19 @@ def slot_sizes(batch: int) -> tuple[int, ...]:
     return tuple(sizes)
 
 
-def run_em_batchable(params0, xc, weights, tol, reg_covar, active, *, max_iter, chunk_size):
-    """``run_em(params0, xc, weights, tol, reg_covar, max_iter, chunk_size, None, active)``,
-    whose ``vmap`` over data sets (``xc`` batched) lets every fit stop on its own on the CPU.
+def run_em_batchable(
+    params0, xc, weights, tol, reg_covar, max_iter, chunk_size, progress=None, active=None
+):
+    """``run_em`` with the same arguments, whose ``vmap`` over data sets (``xc`` batched) lets
+    every fit stop on its own on the CPU.
 
     Under a ``vmap`` with unbatched data (restarts sharing one data set) or on an accelerator
     it is the plain ``vmap`` of ``run_em``: restarts share one wide product, and on a GPU one
-    iteration of the whole batch costs little more than one of a few fits.
+    iteration of the whole batch costs little more than one of a few fits. With ``progress``
+    (one callback per iteration) or data sharded over devices it is ``run_em`` itself.
     """
+    if progress is not None or isinstance(chunk_size, Chunking):
+        return run_em(params0, xc, weights, tol, reg_covar, max_iter, chunk_size, progress, active)
     plain = functools.partial(run_em, max_iter=max_iter, chunk_size=chunk_size)
 
     @jax.custom_batching.custom_vmap

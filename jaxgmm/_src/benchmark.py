@@ -75,7 +75,7 @@ def matmul_rate(dtype, size: int | None = None, repeats: int = 5) -> float:
 def flops_per_iteration(n: int, d: int, k: int, covariance_type: str) -> float:
     """Floating-point operations of the two products of one EM iteration: the E-step
     ``phi(X) @ W`` and the M-step ``R.T @ phi(X)``, each ``2 N P K`` with ``P`` features."""
-    width = cov.n_quadratic_features(covariance_type, d) + d + 1
+    width = cov.n_feature_columns(covariance_type, d)
     return 4.0 * n * k * width
 
 

@@ -43,6 +43,11 @@ def n_quadratic_features(covariance_type: str, n_features: int) -> int:
     return n_features
 
 
+def n_feature_columns(covariance_type: str, n_features: int) -> int:
+    """Number ``P = M + D + 1`` of columns of ``features``."""
+    return n_quadratic_features(covariance_type, n_features) + n_features + 1
+
+
 def features(xc: jax.Array, covariance_type: str) -> jax.Array:
     """Feature map ``phi`` of centred data.
 

@@ -136,7 +136,7 @@ def weighted_moments(xc, weights, resp, covariance_type: str, chunk_size: int | 
     chunk_size : int, optional
         Rows per chunk; chosen from the shapes by default.
     """
-    width = cov.n_quadratic_features(covariance_type, xc.shape[1]) + xc.shape[1] + 1
+    width = cov.n_feature_columns(covariance_type, xc.shape[1])
     if chunk_size is None:
         chunk_size = auto_chunk_size(xc.shape[0], max(width, resp.shape[1]))
 

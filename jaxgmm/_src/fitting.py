@@ -94,12 +94,8 @@ def _fit_core(
             return run_em_unrolled(
                 params0, xc, weights, tol, reg_covar, max_iter, chunk_size, progress, active
             )
-        if progress is not None or isinstance(chunk_size, Chunking):
-            return run_em(
-                params0, xc, weights, tol, reg_covar, max_iter, chunk_size, progress, active
-            )
         return run_em_batchable(
-            params0, xc, weights, tol, reg_covar, active, max_iter=max_iter, chunk_size=chunk_size
+            params0, xc, weights, tol, reg_covar, max_iter, chunk_size, progress, active
         )
 
     if n_candidates is not None and n_candidates > n_init:
@@ -285,7 +281,7 @@ def fit(
     )
     shards = sample_shards(X)
     if chunk_size is None:
-        width = cov.n_quadratic_features(covariance_type, n_features) + n_features + 1
+        width = cov.n_feature_columns(covariance_type, n_features)
         chunk_size = auto_chunk_size(n_samples // shards, max(width, K))
     else:
         chunk_size = validation.check_positive_int(chunk_size, "chunk_size")

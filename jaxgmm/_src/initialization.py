@@ -252,9 +252,6 @@ def _nearest_center_moments(xc, weights, centers, covariance_type, chunk_size, a
     features and components: one (n,) indicator vector per component instead of an (n, K)
     one-hot matrix, whose columns a batched (vmapped) reduction reads slowly."""
     n_components = centers.shape[0]
-    width = cov.n_quadratic_features(covariance_type, xc.shape[1]) + xc.shape[1] + 1
-    if chunk_size is None:
-        chunk_size = auto_chunk_size(xc.shape[0], max(width, n_components))
 
     def moments(x, w):
         distances = jnp.stack(_distance_columns(x, centers))  # (K, n)
@@ -281,7 +278,9 @@ def initialize_centered(
 ) -> GMM:
     """Initial mixture for centred data: responsibilities from ``method`` (from ``seeds``
     when given, see ``initial_responsibilities``), then an M-step."""
-    width = cov.n_quadratic_features(covariance_type, xc.shape[1]) + xc.shape[1] + 1
+    width = cov.n_feature_columns(covariance_type, xc.shape[1])
+    if chunk_size is None:
+        chunk_size = auto_chunk_size(xc.shape[0], max(width, n_components))
     if method != "random" and products.is_small(width, n_components):
         centers = initial_centers(key, xc, weights, n_components, method, active, seeds)
         moments = _nearest_center_moments(xc, weights, centers, covariance_type, chunk_size, active)

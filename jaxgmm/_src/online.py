@@ -60,7 +60,7 @@ class OnlineState(NamedTuple):
 def _chunk_size(n_rows: int, n_features: int, K: int, covariance_type: str, chunk_size):
     if chunk_size is not None:
         return validation.check_positive_int(chunk_size, "chunk_size")
-    width = cov.n_quadratic_features(covariance_type, n_features) + n_features + 1
+    width = cov.n_feature_columns(covariance_type, n_features)
     return auto_chunk_size(n_rows, max(width, K))
 
 

@@ -446,7 +446,7 @@ def select(
     all_params = {}
     pending = {}
     for t, kind in enumerate(covariance_types):
-        width = cov.n_quadratic_features(kind, n_features) + n_features + 1
+        width = cov.n_feature_columns(kind, n_features)
         if chunk_size is None:
             # As for one fit: the batch multiplies the memory of the per-chunk intermediates,
             # but smaller chunks cost more in compilation and in the loop than they save.

@@ -405,7 +405,7 @@ def fit_stream(
     center = jnp.asarray(mean, dtype)
     reg = jnp.asarray(reg_covar, dtype)
     if chunk_size is None:
-        width = cov.n_quadratic_features(covariance_type, n_features) + n_features + 1
+        width = cov.n_feature_columns(covariance_type, n_features)
         chunk_size = auto_chunk_size(batch_size, max(width, K))
     else:
         chunk_size = validation.check_positive_int(chunk_size, "chunk_size")
