@@ -129,7 +129,8 @@ def test_every_init_method_runs_and_is_reproducible(blobs, init):
     np.testing.assert_allclose(float(jnp.sum(start.weights)), 1.0, rtol=1e-12)
 
 
-@pytest.mark.parametrize("n_samples", [12, 300, 5000])  # one block, blocks of 16, of 64
+# One block; blocks of 16 with a short tail; a tail with no mass; blocks of 64 and a tail.
+@pytest.mark.parametrize("n_samples", [12, 300, 20, 5000])
 def test_kmeans_plusplus_draws_in_proportion_to_mass(n_samples):
     from jaxgmm._src.initialization import _sample_proportional
 
@@ -147,6 +148,36 @@ def test_kmeans_plusplus_draws_in_proportion_to_mass(n_samples):
     chi2 = np.sum((counts[positive] - expected[positive]) ** 2 / expected[positive])
     dof = positive.sum() - 1
     assert chi2 < dof + 5 * np.sqrt(2 * dof)  # five standard deviations of a chi-square
+
+
+def test_rows_by_gather_equal_rows_by_masked_sum():
+    from jaxgmm._src.initialization import _rows
+
+    xc = jax.random.normal(KEY, (50, 3))
+    index = jnp.asarray([[0, 49, 7], [7, 7, 1]])
+    np.testing.assert_array_equal(_rows(xc, index, gather=True), _rows(xc, index))
+    np.testing.assert_array_equal(_rows(xc, index, gather=True), np.asarray(xc)[np.asarray(index)])
+
+
+@pytest.mark.parametrize("kind", COVARIANCE_TYPES)
+@pytest.mark.parametrize("n_features", [1, 3])
+def test_feature_columns_are_the_columns_of_features(kind, n_features):
+    from jaxgmm._src import covariances as cov
+
+    xc = jax.random.normal(KEY, (20, n_features))
+    columns = cov.feature_columns(xc, kind)
+    np.testing.assert_array_equal(jnp.stack(columns, axis=1), cov.features(xc, kind))
+
+
+@pytest.mark.parametrize("n_features", [1, 3, 12])  # per-feature sums, and the matrix form
+def test_weighted_mean(n_features):
+    from jaxgmm._src.products import weighted_mean
+
+    rng = np.random.default_rng(2)
+    X, w = rng.normal(size=(40, n_features)), rng.random(40)
+    np.testing.assert_allclose(
+        weighted_mean(jnp.asarray(X), jnp.asarray(w)), (w @ X) / w.sum(), rtol=1e-5, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("kind", COVARIANCE_TYPES)

@@ -70,6 +70,19 @@ def features(xc: jax.Array, covariance_type: str) -> jax.Array:
     return jnp.concatenate([quad, xc, ones], axis=1)
 
 
+def feature_columns(xc: jax.Array, covariance_type: str) -> list:
+    """The columns of ``features(xc, covariance_type)`` as a list of ``P`` vectors of shape
+    (n,), each computed directly from ``xc`` (for few features: no (n, P) matrix is built,
+    whose columns a batched program would copy out one by one)."""
+    columns = [xc[:, d] for d in range(xc.shape[-1])]
+    if _is_pair_type(covariance_type):
+        i, j = np.triu_indices(xc.shape[-1])
+        quad = [columns[a] * columns[b] for a, b in zip(i, j)]
+    else:
+        quad = [column * column for column in columns]
+    return quad + columns + [jnp.ones_like(columns[0])]
+
+
 # --- precision terms: (quadratic coefficients (K, M), precision @ mean (K, D), log|P|/2 (K,))
 
 

@@ -181,7 +181,7 @@ def m_step(
             f"log_resp must have shape (N, K) with N = {X.shape[0]}; got {log_resp.shape}"
         )
     weights = validation.as_sample_weight(sample_weight, X)
-    center = jnp.sum(weights[:, None] * X, axis=0) / jnp.sum(weights)
+    center = products.weighted_mean(X, weights)
     moments = weighted_moments(X - center, weights, jnp.exp(log_resp), covariance_type)
     params = cov.params_from_moments(moments, covariance_type, reg_covar)
     return cov.shift_means(params, center)

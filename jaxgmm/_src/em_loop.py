@@ -42,8 +42,7 @@ def em_pass(params_c: GMM, xc, weights, chunk_size: int):
         # With a handful of features and components, every per-sample quantity is kept as
         # its own (n,) vector: elementwise loops over long contiguous vectors and one reduction
         # per statistic, instead of operations along a tiny minor axis.
-        phi = cov.features(x, covariance_type)
-        columns = [phi[:, p] for p in range(phi.shape[1])]
+        columns = cov.feature_columns(x, covariance_type)
         joint = [
             sum(coefficients[p, k] * column for p, column in enumerate(columns))
             for k in range(n_components)
@@ -52,7 +51,12 @@ def em_pass(params_c: GMM, xc, weights, chunk_size: int):
         unnormalised = [jnp.exp(j - peak) for j in joint]
         total = sum(unnormalised)
         scale = w / total
-        moments = products.column_sums([u * scale for u in unnormalised], columns)
+        # The responsibilities are u_k * scale: scale whichever side needs fewer new (n,)
+        # vectors, the K responsibilities or the feature columns (the last one is ones).
+        if len(columns) - 1 <= n_components:
+            moments = products.column_sums(unnormalised, [scale * c for c in columns])
+        else:
+            moments = products.column_sums([u * scale for u in unnormalised], columns)
         per_sample = peak + jnp.log(total)
         return moments, jnp.sum(jnp.where(w > 0, w * per_sample, 0.0))
 

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgmm._src import covariances as cov
-from jaxgmm._src import validation
+from jaxgmm._src import products, validation
 from jaxgmm._src.batched_em import run_em_batchable
 from jaxgmm._src.chunking import Chunking, auto_chunk_size, sample_shards
 from jaxgmm._src.em_loop import run_em, run_em_unrolled
@@ -68,7 +68,7 @@ def _fit_core(
     n_candidates=None,
     candidate_iter=20,
 ):
-    center = jnp.sum(weights[:, None] * X, axis=0) / jnp.sum(weights)
+    center = products.weighted_mean(X, weights)
     xc = X - center
     active = None if n_active is None else jnp.arange(n_components) < n_active
 

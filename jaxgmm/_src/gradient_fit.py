@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxgmm._src import validation
+from jaxgmm._src import products, validation
 from jaxgmm._src.em import log_prob
 from jaxgmm._src.initialization import initialize_centered
 from jaxgmm._src.model import GMM, FitResult
@@ -34,7 +34,7 @@ def _standardising_frame(X, weights):
     """The weighted data mean ``(D,)`` and one overall scale ``()``: the root mean squared
     distance to the mean per feature (1 when all samples coincide)."""
     total = jnp.sum(weights)
-    center = jnp.sum(weights[:, None] * X, axis=0) / total
+    center = products.weighted_mean(X, weights)
     spread = jnp.sum(weights[:, None] * (X - center) ** 2) / (total * X.shape[1])
     scale = jnp.where(spread > 0, jnp.sqrt(spread), 1.0)
     return center, scale

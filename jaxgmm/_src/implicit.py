@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgmm._src import covariances as cov
+from jaxgmm._src import products
 from jaxgmm._src.em_loop import em_pass
 from jaxgmm._src.model import GMM
 
@@ -41,7 +42,7 @@ def em_step(params: GMM, X, weights, reg_covar, chunk_size: int) -> GMM:
     GMM
         Differentiable with respect to every argument.
     """
-    center = jnp.sum(weights[:, None] * X, axis=0) / jnp.sum(weights)
+    center = products.weighted_mean(X, weights)
     moments, _ = em_pass(cov.shift_means(params, -center), X - center, weights, chunk_size)
     new = cov.params_from_moments(moments, params.covariance_type, reg_covar)
     return cov.shift_means(new, center)
@@ -49,7 +50,7 @@ def em_step(params: GMM, X, weights, reg_covar, chunk_size: int) -> GMM:
 
 def total_log_likelihood(params: GMM, X, weights, chunk_size: int):
     """``sum_n w_n log p(x_n)``, shape (); differentiable."""
-    center = jnp.sum(weights[:, None] * X, axis=0) / jnp.sum(weights)
+    center = products.weighted_mean(X, weights)
     _, total = em_pass(cov.shift_means(params, -center), X - center, weights, chunk_size)
     return total
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from jaxgmm._src import covariances as cov
 from jaxgmm._src import products, validation
-from jaxgmm._src.chunking import auto_chunk_size, chunked_sum
+from jaxgmm._src.chunking import Chunking, auto_chunk_size, chunked_sum
 from jaxgmm._src.em import weighted_moments
 from jaxgmm._src.model import GMM
 
@@ -29,12 +29,15 @@ def _squared_distances(xc: jax.Array, centers: jax.Array) -> jax.Array:
     return jnp.maximum(d2, 0.0)
 
 
-def _rows(xc: jax.Array, index: jax.Array) -> jax.Array:
-    """``xc[index]`` as a masked sum over samples, shape index.shape + (D,).
+def _rows(xc: jax.Array, index: jax.Array, *, gather: bool = False) -> jax.Array:
+    """``xc[index]``, shape index.shape + (D,): a gather when ``gather``, else a masked sum
+    over samples.
 
     Unlike a gather, a sum over the sample axis stays local when ``xc`` is sharded along
     samples (each device adds its rows, then a small all-reduce), so ``xc`` is never gathered.
     """
+    if gather:
+        return xc[index]
     hits = jnp.arange(xc.shape[0]) == jnp.asarray(index)[..., None]  # (..., N)
     if xc.shape[1] <= products.SMALL_CONTRACTION:
         columns = [jnp.sum(jnp.where(hits, xc[:, d], 0.0), axis=-1) for d in range(xc.shape[1])]
@@ -70,20 +73,35 @@ def _sample_proportional(key, mass, n: int) -> jax.Array:
     """
     n_samples = mass.shape[0]
     size = min(_SMALL_DATA_BLOCK if n_samples <= _SMALL_DATA else _SAMPLING_BLOCK, n_samples)
-    n_blocks = -(-n_samples // size)
-    blocks = jnp.pad(mass, (0, n_blocks * size - n_samples)).reshape(n_blocks, size)
-    block_mass = jnp.sum(blocks, axis=1)
+    n_full, tail = divmod(n_samples, size)
+    # Block totals without padding ``mass`` (a copy): the full blocks, then the short tail.
+    # Small blocks add their strided columns elementwise (a batched reduction along a
+    # 16-sample axis is slow); large data reduce each block.
+    if n_samples <= _SMALL_DATA:
+        totals = [sum(mass[j : n_full * size : size] for j in range(size))]
+    else:
+        totals = [jnp.sum(mass[: n_full * size].reshape(n_full, size), axis=1)]
+    if tail:
+        totals.append(jnp.sum(mass[n_full * size :])[None])
+    block_mass = jnp.concatenate(totals)
+    n_blocks = block_mass.shape[0]
     upper = jnp.cumsum(block_mass)
     targets = jax.random.uniform(key, (n,), mass.dtype) * upper[-1]
     # Rounding can put a target at the very top, or in a block's empty tail: fall back to the
     # last block with mass, and to the last sample with mass in the block.
     last_block = jnp.max(jnp.where(block_mass > 0, jnp.arange(n_blocks), 0))
     block = jnp.minimum(jnp.searchsorted(upper, targets, side="right"), last_block)
-    remainder = targets - (upper[block] - block_mass[block])
-    rows = blocks[block]  # (n, size)
-    last_in_row = jnp.max(jnp.where(rows > 0, jnp.arange(size), 0), axis=1)
+    remainder = jnp.maximum(targets - (upper[block] - block_mass[block]), 0.0)
+    # Each chosen block's masses through a window of `size` samples that ends inside
+    # ``mass``; for the tail block the window starts earlier, and the samples before the block
+    # count with mass zero.
+    start = jnp.minimum(block * size, n_samples - size)
+    offsets = jnp.arange(size)
+    rows = jax.vmap(lambda s: jax.lax.dynamic_slice_in_dim(mass, s, size))(start)  # (n, size)
+    rows = jnp.where(start[:, None] + offsets >= (block * size)[:, None], rows, 0.0)
+    last_in_row = jnp.max(jnp.where(rows > 0, offsets, 0), axis=1)
     within = jnp.sum(jnp.cumsum(rows, axis=1) <= remainder[:, None], axis=1)
-    return block * size + jnp.minimum(within, last_in_row)
+    return start + jnp.minimum(within, last_in_row)
 
 
 def _distance_columns(xc, centers) -> list:
@@ -108,7 +126,7 @@ def _pick(vectors, index) -> jax.Array:
     return picked
 
 
-def kmeans_plusplus(key, xc, weights, n_components: int) -> jax.Array:
+def kmeans_plusplus(key, xc, weights, n_components: int, *, gather_rows: bool = False) -> jax.Array:
     """Greedy k-means++ seeding (``2 + floor(log K)`` candidates per step).
 
     Parameters
@@ -118,6 +136,9 @@ def kmeans_plusplus(key, xc, weights, n_components: int) -> jax.Array:
     weights : Array, shape (N,)
         Sample weights; a zero-weight sample is never chosen.
     n_components : int
+    gather_rows : bool
+        Read the chosen rows by a gather (fast for small, unsharded data) instead of a masked
+        sum over samples, which keeps data sharded along samples local.
 
     Returns
     -------
@@ -127,7 +148,7 @@ def kmeans_plusplus(key, xc, weights, n_components: int) -> jax.Array:
     n_trials = 2 + int(math.log(n_components))
     key, first_key = jax.random.split(key)
     first = _sample_proportional(first_key, weights, 1)[0]
-    first_row = _rows(xc, first)
+    first_row = _rows(xc, first, gather=gather_rows)
     centers = jnp.zeros((n_components, xc.shape[1]), xc.dtype).at[0].set(first_row)
     closest = _squared_distances(xc, first_row[None])[:, 0]
 
@@ -136,7 +157,7 @@ def kmeans_plusplus(key, xc, weights, n_components: int) -> jax.Array:
         key, trial_key = jax.random.split(key)
         mass = _weighted_choice_mass(weights, closest)
         candidates = _sample_proportional(trial_key, mass, n_trials)
-        candidate_rows = _rows(xc, candidates)
+        candidate_rows = _rows(xc, candidates, gather=gather_rows)
         # One (N,) vector per candidate: the closest squared distance if it were added.
         trial_closest = [
             jnp.minimum(closest, distances) for distances in _distance_columns(xc, candidate_rows)
@@ -212,25 +233,29 @@ def hard_responsibilities(xc, centers, active=None):
 
 
 def initial_centers(
-    key, xc, weights, n_components: int, method: str, active=None, seeds=None
+    key, xc, weights, n_components: int, method: str, active=None, seeds=None, gather_rows=False
 ) -> jax.Array:
     """Centers, shape (K, D), of the methods that assign every sample to its nearest center:
     ``"kmeans++"`` (the k-means++ seeds), ``"kmeans"`` (k-means++ seeding, then Lloyd) and
     ``"random_from_data"`` (K distinct samples drawn at random). ``seeds`` (shape (K, D)),
-    when given, replace the k-means++ seeding of the first two."""
+    when given, replace the k-means++ seeding of the first two. ``gather_rows``: see
+    ``kmeans_plusplus``."""
     if method == "random_from_data":
         index = jax.random.choice(
             key, xc.shape[0], (n_components,), replace=False, p=weights / jnp.sum(weights)
         )
-        return _rows(xc, index)
-    centers = kmeans_plusplus(key, xc, weights, n_components) if seeds is None else seeds
+        return _rows(xc, index, gather=gather_rows)
+    if seeds is None:
+        centers = kmeans_plusplus(key, xc, weights, n_components, gather_rows=gather_rows)
+    else:
+        centers = seeds
     if method == "kmeans":
         centers = lloyd(xc, weights, centers, active=active)
     return centers
 
 
 def initial_responsibilities(
-    key, xc, weights, n_components: int, method: str, active=None, seeds=None
+    key, xc, weights, n_components: int, method: str, active=None, seeds=None, gather_rows=False
 ) -> jax.Array:
     """Responsibilities, shape (N, K), from which the first M-step builds the start.
 
@@ -243,7 +268,7 @@ def initial_responsibilities(
         if active is not None:
             resp = resp * active
         return resp / jnp.sum(resp, axis=1, keepdims=True)
-    centers = initial_centers(key, xc, weights, n_components, method, active, seeds)
+    centers = initial_centers(key, xc, weights, n_components, method, active, seeds, gather_rows)
     return hard_responsibilities(xc, centers, active)
 
 
@@ -259,7 +284,7 @@ def _nearest_center_moments(xc, weights, centers, covariance_type, chunk_size, a
             distances = jnp.where(active[:, None], distances, jnp.inf)
         labels = jnp.argmin(distances, axis=0)
         indicators = [jnp.where(labels == k, w, 0.0) for k in range(n_components)]
-        return products.column_sums(indicators, list(cov.features(x, covariance_type).T))
+        return products.column_sums(indicators, cov.feature_columns(x, covariance_type))
 
     return chunked_sum(moments, (xc, weights), chunk_size)
 
@@ -281,11 +306,14 @@ def initialize_centered(
     width = cov.n_feature_columns(covariance_type, xc.shape[1])
     if chunk_size is None:
         chunk_size = auto_chunk_size(xc.shape[0], max(width, n_components))
+    # Small data that are not sharded read the chosen rows by a gather.
+    gather_rows = not isinstance(chunk_size, Chunking) and xc.shape[0] <= _SMALL_DATA
+    choice = (key, xc, weights, n_components, method, active, seeds, gather_rows)
     if method != "random" and products.is_small(width, n_components):
-        centers = initial_centers(key, xc, weights, n_components, method, active, seeds)
+        centers = initial_centers(*choice)
         moments = _nearest_center_moments(xc, weights, centers, covariance_type, chunk_size, active)
     else:
-        resp = initial_responsibilities(key, xc, weights, n_components, method, active, seeds)
+        resp = initial_responsibilities(*choice)
         moments = weighted_moments(xc, weights, resp, covariance_type, chunk_size)
     return cov.params_from_moments(moments, covariance_type, reg_covar, active)
 

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgmm._src import covariances as cov
-from jaxgmm._src import validation
+from jaxgmm._src import products, validation
 from jaxgmm._src.chunking import auto_chunk_size
 from jaxgmm._src.em_loop import em_pass
 from jaxgmm._src.initialization import initialize_centered
@@ -145,7 +145,7 @@ def online_init(
     dtype = X.dtype
     reg_covar = jnp.asarray(reg_covar, dtype)
     chunk_size = _chunk_size(n_rows, n_features, K, covariance_type, chunk_size)
-    center = jnp.sum(weights[:, None] * X, axis=0) / jnp.sum(weights)
+    center = products.weighted_mean(X, weights)
     xc = jnp.where(weights[:, None] > 0, X - center, 0.0)
     if init_params is None:
         guess = initialize_centered(

@@ -1,5 +1,5 @@
-"""The two products of an EM pass, ``phi @ W`` and ``resp.T @ phi``, written for the shapes
-at hand.
+"""The two products of an EM pass, ``phi @ W`` and ``resp.T @ phi``, and the weighted data
+mean, written for the shapes at hand.
 
 XLA on CPU runs a product with a tiny contraction or output (1-D and 2-D data, a few
 components), especially batched under ``vmap``, far below its elementwise rate. Below the
@@ -46,3 +46,15 @@ def transposed_product(resp, phi):
         resp_t, phi_t = resp.T, phi.T  # rows are contiguous, columns of a batched matrix not
         return column_sums(list(resp_t), list(phi_t))
     return jnp.matmul(resp.T, phi, precision=HIGHEST)
+
+
+def weighted_mean(X, weights):
+    """``sum_n w_n x_n / sum_n w_n``: X (N, D), weights (N,) -> (D,).
+
+    For a few features, one reduction per feature: the sum along the sample axis of a
+    batched (vmapped) ``(N, D)`` matrix with a tiny ``D`` runs an order of magnitude slower.
+    """
+    total = jnp.sum(weights)
+    if X.shape[1] <= SMALL_CONTRACTION:
+        return jnp.stack([jnp.sum(weights * X[:, d]) for d in range(X.shape[1])]) / total
+    return jnp.sum(weights[:, None] * X, axis=0) / total

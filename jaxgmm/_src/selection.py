@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgmm._src import covariances as cov
-from jaxgmm._src import validation
+from jaxgmm._src import products, validation
 from jaxgmm._src.chunking import auto_chunk_size, chunked_sum
 from jaxgmm._src.compile_options import TunedJit, em_work, profile_for
 from jaxgmm._src.fitting import _fit_compiled
@@ -52,7 +52,7 @@ def responsibility_entropy(params: GMM, X, weights, chunk_size: int):
     weights : Array, shape (N,)
     chunk_size : int
     """
-    center = jnp.sum(weights[:, None] * X, axis=0) / jnp.sum(weights)
+    center = products.weighted_mean(X, weights)
     coefficients = cov.log_density_coefficients(cov.shift_means(params, -center))
 
     def on_chunk(x, w):
@@ -101,7 +101,7 @@ def _sweep(
         ``responsibility_entropy`` of each fit.
     """
     n_fits = n_active.shape[0]
-    center = jnp.sum(weights[:, None] * X, axis=0) / jnp.sum(weights)
+    center = products.weighted_mean(X, weights)
     xc = X - center
     seed_key, cell_key = jax.random.split(key)
     if init in ("kmeans++", "kmeans"):
