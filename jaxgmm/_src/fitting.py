@@ -310,6 +310,10 @@ def fit(
     result = _fit_compiled(
         key, stop(X), stop(weights), tol, stop(reg_covar), init_params, **options
     )
+    if not any(isinstance(a, jax.core.Tracer) for a in (X, weights, reg_covar)):
+        # Concrete inputs: nothing can differentiate this call, and the identity that carries
+        # the implicit gradient would only cost a dispatch.
+        return result
     if adjoint_tol is None:
         adjoint_tol = 1e-10 if X.dtype == jnp.float64 else 1e-5
     params, log_likelihood = attach_implicit_gradients(
