@@ -304,16 +304,17 @@ def fit(
         n_candidates=n_candidates,
         candidate_iter=candidate_iter,
     )
-    if gradient == "unroll":
+    if gradient == "unroll" or not any(
+        isinstance(a, jax.core.Tracer) for a in (X, weights, reg_covar)
+    ):
+        # Unrolled, the loop itself is differentiated. With concrete inputs nothing can
+        # differentiate this call: the stop-gradients and the identity that carries the
+        # implicit gradient would only cost dispatches.
         return _fit_compiled(key, X, weights, tol, reg_covar, init_params, **options)
     stop = jax.lax.stop_gradient
     result = _fit_compiled(
         key, stop(X), stop(weights), tol, stop(reg_covar), init_params, **options
     )
-    if not any(isinstance(a, jax.core.Tracer) for a in (X, weights, reg_covar)):
-        # Concrete inputs: nothing can differentiate this call, and the identity that carries
-        # the implicit gradient would only cost a dispatch.
-        return result
     if adjoint_tol is None:
         adjoint_tol = 1e-10 if X.dtype == jnp.float64 else 1e-5
     params, log_likelihood = attach_implicit_gradients(
