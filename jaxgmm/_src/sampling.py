@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -50,16 +52,21 @@ def sample(key, params: GMM, n: int) -> tuple[jax.Array, jax.Array]:
     """
     validation.check_params(params, None, "params")
     n = validation.check_positive_int(n, "n")
-    label_key, noise_key = jax.random.split(key)
     means = jnp.asarray(params.means)
     dtype = means.dtype if jnp.issubdtype(means.dtype, jnp.floating) else jnp.result_type(float)
-    means = means.astype(dtype)
-    params = jax.tree.map(lambda leaf: jnp.asarray(leaf, dtype), params)
+    return _draw(key, jax.tree.map(lambda leaf: jnp.asarray(leaf, dtype), params), n)
+
+
+@functools.partial(jax.jit, static_argnames="n")
+def _draw(key, params: GMM, n: int) -> tuple[jax.Array, jax.Array]:
+    """``sample`` after validation, compiled once per mixture shape and ``n`` (one dispatch
+    instead of one per operation)."""
+    label_key, noise_key = jax.random.split(key)
     labels = jax.random.categorical(label_key, jnp.log(params.weights), shape=(n,))
-    noise = jax.random.normal(noise_key, (n, means.shape[1]), dtype)
+    noise = jax.random.normal(noise_key, (n, params.means.shape[1]), params.means.dtype)
     factors = _scale_factors(params)[labels]
     if factors.ndim == 3:
         offsets = jnp.einsum("nij,nj->ni", factors, noise, precision=jax.lax.Precision.HIGHEST)
     else:
         offsets = factors * noise
-    return means[labels] + offsets, labels
+    return params.means[labels] + offsets, labels
