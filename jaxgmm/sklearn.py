@@ -898,8 +898,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         K, D = self.means_.shape
         profile = profile_for(em_work(n_padded, K, _width(D, self.covariance_type)))
         with _precision_scope(dtype):
-            params = jax.tree.map(lambda a: jnp.asarray(a, dtype), self._params())
-            joint, norm = _log_joint_and_norm(params, jnp.asarray(X_padded), profile=profile)
+            # NumPy arguments: the compiled call moves them in one step.
+            params = jax.tree.map(lambda a: np.asarray(a, dtype), self._params())
+            joint, norm = _log_joint_and_norm(params, X_padded, profile=profile)
             return np.asarray(joint)[:n_samples], np.asarray(norm)[:n_samples]
 
     def _validate(self, X):

@@ -6,6 +6,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxgmm._src import validation
 from jaxgmm._src.model import GMM
@@ -52,9 +53,14 @@ def sample(key, params: GMM, n: int) -> tuple[jax.Array, jax.Array]:
     """
     validation.check_params(params, None, "params")
     n = validation.check_positive_int(n, "n")
-    means = jnp.asarray(params.means)
-    dtype = means.dtype if jnp.issubdtype(means.dtype, jnp.floating) else jnp.result_type(float)
-    return _draw(key, jax.tree.map(lambda leaf: jnp.asarray(leaf, dtype), params), n)
+    dtype = jnp.result_type(params.means)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        dtype = jnp.result_type(float)
+
+    def cast(leaf):  # NumPy stays NumPy: the compiled call moves it in one step
+        return jnp.asarray(leaf, dtype) if isinstance(leaf, jax.Array) else np.asarray(leaf, dtype)
+
+    return _draw(key, jax.tree.map(cast, params), n)
 
 
 @functools.partial(jax.jit, static_argnames="n")

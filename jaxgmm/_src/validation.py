@@ -169,10 +169,10 @@ def check_params(params, n_features: int | None, name: str = "params", K: int | 
     if not isinstance(params, GMM):
         raise TypeError(f"{name} must be a jaxgmm.GMM; got {type(params).__name__}")
     check_covariance_type(params.covariance_type)
-    means = jnp.asarray(params.means)
-    if means.ndim != 2:
-        raise ValueError(f"{name}.means must have shape (K, D); got {means.shape}")
-    k, d = means.shape
+    means_shape = jnp.shape(params.means)
+    if len(means_shape) != 2:
+        raise ValueError(f"{name}.means must have shape (K, D); got {means_shape}")
+    k, d = means_shape
     if n_features is not None and d != n_features:
         raise ValueError(f"{name}.means has D = {d} features but X has D = {n_features}")
     if K is not None and k != K:
