@@ -80,6 +80,18 @@ def test_implicit_matches_unrolled(data, kind):
     np.testing.assert_allclose(gw, uw, rtol=1e-7, atol=1e-12)
 
 
+def test_gradient_with_respect_to_weights_alone(data):
+    # Only the weights are traced (X is a concrete array): the implicit gradient must still be
+    # attached, and equal the weights part of the joint gradient.
+    start = jaxgmm.init_params(KEY, data, 2, covariance_type="full")
+    weights = np.linspace(0.5, 1.5, data.shape[0])
+    loss = _loss_factory("full", start, "implicit")
+    _, gw = jax.grad(loss, argnums=(0, 1))(data, weights)
+    alone = jax.grad(lambda w: loss(jnp.asarray(data), w))(weights)
+    np.testing.assert_allclose(alone, gw, rtol=1e-12, atol=1e-15)
+    assert np.max(np.abs(alone)) > 1e-3
+
+
 def test_gradient_under_vmap(data):
     start = jaxgmm.init_params(KEY, data, 2, covariance_type="diag")
     loss = _loss_factory("diag", start, "implicit")
