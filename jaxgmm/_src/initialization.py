@@ -311,7 +311,8 @@ def initialize_centered(
     width = cov.n_feature_columns(covariance_type, xc.shape[1])
     if chunk_size is None:
         chunk_size = auto_chunk_size(xc.shape[0], max(width, n_components))
-    # Small data that are not sharded read the chosen rows by a gather.
+    # Small data read the chosen rows by a gather, unless known to be sharded (inside an
+    # outer jit sharding is invisible, but at most 4,096 rows are cheap to gather anyway).
     gather_rows = not isinstance(chunk_size, Chunking) and xc.shape[0] <= _SMALL_DATA
     choice = (key, xc, weights, n_components, method, active, seeds, gather_rows)
     if method != "random" and products.is_small(width, n_components):
