@@ -164,12 +164,7 @@ def kmeans_plusplus(key, xc, weights, n_components: int, *, gather_rows: bool = 
         ]
         potential = jnp.stack([jnp.sum(weights * trial) for trial in trial_closest])
         best = jnp.argmin(potential)
-        best_row = candidate_rows[best]
-        centers = centers.at[i].set(best_row)
-        if xc.shape[1] <= products.SMALL_CONTRACTION:
-            # Few features: recomputing the winner's distances is cheaper than keeping every
-            # candidate's vector to pick from (the same arithmetic, so the same values).
-            return centers, jnp.minimum(closest, _distance_columns(xc, best_row[None])[0]), key
+        centers = centers.at[i].set(candidate_rows[best])
         return centers, _pick(trial_closest, best), key
 
     carry = (centers, closest, key)
