@@ -73,3 +73,41 @@ def test_unsupported_cases_are_noted_not_measured():
     assert row.ms_per_iter is None and row.note == "no spherical covariances"
     with pytest.raises(ValueError, match="libraries"):
         bench_suite.run_suite(libraries=["nope"])
+
+
+class _FakeClock:
+    """A clock that only moves when the measured function runs: ``setup`` seconds per call
+    plus ``per_iter`` seconds per iteration."""
+
+    def __init__(self, setup, per_iter):
+        self.now, self.setup, self.per_iter, self.lengths = 0.0, setup, per_iter, []
+
+    def __call__(self):
+        return self.now
+
+    def run(self, n_iter):
+        self.lengths.append(n_iter)
+        self.now += self.setup + self.per_iter * n_iter
+
+
+@pytest.mark.parametrize("warm", [True, False])
+def test_per_iteration_lengthens_fast_cases(monkeypatch, warm):
+    from jaxgmm._src import benchmark
+
+    clock = _FakeClock(setup=0.05, per_iter=1e-4)
+    monkeypatch.setattr(benchmark.time, "perf_counter", clock)
+    seconds = benchmark.per_iteration(clock.run, 2, 12, 3, warm=warm, min_seconds=0.3)
+    assert seconds == pytest.approx(1e-4)
+    # 10 extra iterations took 1 ms, far below 0.3 s: the long run grows, to the cap...
+    assert max(clock.lengths) == 400
+    # ...and without `warm` every call is timed (no untimed first runs).
+    assert clock.lengths.count(12) == (2 if warm else 1)
+
+
+def test_per_iteration_keeps_slow_cases(monkeypatch):
+    from jaxgmm._src import benchmark
+
+    clock = _FakeClock(setup=0.05, per_iter=0.05)
+    monkeypatch.setattr(benchmark.time, "perf_counter", clock)
+    assert benchmark.per_iteration(clock.run, 2, 12, 3) == pytest.approx(0.05)
+    assert max(clock.lengths) == 12

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgmm._src.benchmark import machine_description
+from jaxgmm._src.benchmark import machine_description, per_iteration
 from jaxgmm._src.em import log_likelihood
 from jaxgmm._src.fitting import fit
 from jaxgmm._src.initialization import init_params
@@ -347,27 +347,6 @@ def make_data(n: int, d: int, k: int, seed: int = 0) -> np.ndarray:
     return centers[rng.integers(0, k, size=n)] + rng.normal(size=(n, d))
 
 
-def _per_iteration(adapter, short: int, long: int, repeats: int, min_seconds=0.3, cap=400):
-    """Seconds per iteration: (best long run - best short run) / (long - short). The long run
-    is lengthened until the difference takes about ``min_seconds`` (fast cases are otherwise
-    lost in timer and scheduling noise); JAX libraries are compiled before timing."""
-    if adapter.compiles:
-        adapter.run(short)
-        adapter.run(long)
-    t_short = [_timed(lambda: adapter.run(short))[1]]
-    t_long = [_timed(lambda: adapter.run(long))[1]]
-    extra = t_long[0] - t_short[0]
-    if extra < min_seconds and long < cap:
-        long = min(cap, short + math.ceil((long - short) * min_seconds / max(extra, 1e-3)))
-        if adapter.compiles:
-            adapter.run(long)
-        t_long = [_timed(lambda: adapter.run(long))[1]]
-    for _ in range(repeats - 1):
-        t_short.append(_timed(lambda: adapter.run(short))[1])
-        t_long.append(_timed(lambda: adapter.run(long))[1])
-    return max(min(t_long) - min(t_short), 1e-12) / (long - short)
-
-
 def measure_case(
     library: str,
     X,
@@ -419,7 +398,9 @@ def measure_case(
         row.note = f"{type(error).__name__}: {str(error).splitlines()[0][:80]}"
         return row
     try:
-        row.ms_per_iter = 1e3 * _per_iteration(adapter, *iterations, repeats)
+        row.ms_per_iter = 1e3 * per_iteration(
+            adapter.run, *iterations, repeats, warm=adapter.compiles
+        )
         if converge_budget_s is not None and row.ms_per_iter * max_iter > 1e3 * converge_budget_s:
             row.note = f"convergence run skipped (over {converge_budget_s:g} s)"
             return row

@@ -48,14 +48,40 @@ def _best_time(fn, repeats: int) -> float:
     return best
 
 
-def per_iteration(fn, short: int, long: int, repeats: int) -> float:
-    """Seconds per iteration from ``fn(n_iter)``: the difference between a long and a short
-    run over the difference in iterations, each the best of ``repeats`` (removes set-up)."""
-    fn(short)
-    fn(long)
-    t_short = _best_time(lambda: fn(short), repeats)
-    t_long = _best_time(lambda: fn(long), repeats)
-    return max(t_long - t_short, 1e-12) / (long - short)
+def per_iteration(
+    fn,
+    short: int,
+    long: int,
+    repeats: int,
+    *,
+    warm: bool = True,
+    min_seconds: float = 0.3,
+    cap: int = 400,
+) -> float:
+    """Seconds per iteration from ``fn(n_iter)``: the difference between the best long and the
+    best short run (each of ``repeats`` runs) over the difference in iterations, which removes
+    the set-up cost. With ``warm``, each length first runs once untimed (for programs that
+    compile on their first call).
+
+    When the first long run takes less than ``min_seconds`` more than the short one, the long
+    run is lengthened (up to ``cap`` iterations) until it would: a fast case is otherwise lost
+    in timer and scheduling noise, and the difference can even come out negative.
+    """
+    if warm:
+        fn(short)
+        fn(long)
+    t_short = [_best_time(lambda: fn(short), 1)]
+    t_long = [_best_time(lambda: fn(long), 1)]
+    extra = t_long[0] - t_short[0]
+    if extra < min_seconds and long < cap:
+        long = min(cap, short + math.ceil((long - short) * min_seconds / max(extra, 1e-3)))
+        if warm:
+            fn(long)
+        t_long = [_best_time(lambda: fn(long), 1)]
+    for _ in range(repeats - 1):
+        t_short.append(_best_time(lambda: fn(short), 1))
+        t_long.append(_best_time(lambda: fn(long), 1))
+    return max(min(t_long) - min(t_short), 1e-12) / (long - short)
 
 
 def matmul_rate(dtype, size: int | None = None, repeats: int = 5) -> float:
