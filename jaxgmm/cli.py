@@ -1,4 +1,5 @@
-"""The ``jaxgmm`` command line: ``fit``, ``predict``, ``segment``, ``demo`` and ``bench``.
+"""The ``jaxgmm`` command line: ``fit``, ``predict``, ``select``, ``segment``, ``demo`` and
+``bench``.
 
 Every subcommand enables float64 and JAX's persistent compilation cache (see
 :mod:`jaxgmm._src.runtime`) before any work, so a second invocation with the same shapes
@@ -888,13 +889,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--criterion", choices=["bic", "aic", "icl"], default="bic", help="(default: bic)"
     )
     select.add_argument(
-        "--n-init", type=_positive_int, default=5, metavar="N", help="restarts per cell"
+        "--n-init",
+        type=_positive_int,
+        default=5,
+        metavar="N",
+        help="restarts per cell (default: 5)",
     )
     select.add_argument(
         "--max-iter", type=_positive_int, default=100, metavar="N", help="(default: 100)"
     )
     select.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    select.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    select.add_argument(
+        "--dtype",
+        choices=["float64", "float32"],
+        default="float64",
+        help="computation dtype (default: float64)",
+    )
     select.add_argument("-o", "--output", metavar="MODEL", help="save the best model here")
     select.add_argument("--figure", metavar="PNG", help="write the BIC curves here")
     select.set_defaults(func=_cmd_select, covariance_type=None)

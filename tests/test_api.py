@@ -522,3 +522,15 @@ def test_constants_captured_by_jit_are_accepted(blobs):
     bad = X.at[0, 0].set(jnp.inf)
     with pytest.raises(ValueError, match="X"):
         jax.jit(lambda: jaxgmm.log_prob(params, bad))()
+
+
+def test_progress_with_restarts_is_called_per_restart_with_scalars(blobs):
+    calls = []
+    result = jaxgmm.fit(
+        KEY, blobs, 2, covariance_type="spherical", n_init=3, max_iter=4, tol=0.0,
+        progress=lambda n_iter, mean: calls.append((n_iter, mean)),
+    )  # fmt: skip
+    jax.block_until_ready(result)
+    jax.effects_barrier()
+    assert all(np.shape(n_iter) == () and np.shape(mean) == () for n_iter, mean in calls)
+    assert sorted(int(n_iter) for n_iter, _ in calls) == sorted([1, 2, 3, 4] * 3)

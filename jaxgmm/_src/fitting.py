@@ -207,9 +207,9 @@ def fit(
         computation data-parallel.
     progress : callable, optional
         Called as ``progress(n_iter, mean_log_likelihood)`` from inside the compiled loop after
-        every iteration (through ``jax.debug.callback``; with ``n_init > 1`` the arguments
-        hold one value per restart). Static: pass the same function object to reuse the
-        compiled fit.
+        every iteration (through ``jax.debug.callback``; with ``n_init > 1`` it is called
+        once per restart and iteration, with scalars that do not say which restart they come
+        from). Static: pass the same function object to reuse the compiled fit.
     gradient : {"implicit", "unroll"}
         How ``jax.grad`` sees the fit. ``"implicit"`` (default): the loop runs as usual and
         the returned ``params`` and ``log_likelihood`` are differentiable with respect to
