@@ -215,14 +215,18 @@ def fit(
         the returned ``params`` and ``log_likelihood`` are differentiable with respect to
         ``X``, ``sample_weight`` and ``reg_covar`` by implicit differentiation at the EM fixed
         point (the adjoint system solved by a Neumann series of vector-Jacobian products of
-        one EM iteration). ``"unroll"``: exactly ``max_iter`` iterations in a ``lax.scan``
-        (``tol`` only sets ``converged``), differentiated step by step; the initialisation
-        is treated as a constant.
+        one EM iteration), taken at the fixed point: the backward pass first continues EM
+        from the returned parameters until an iteration changes them by less than
+        ``adjoint_tol`` (relative). A loss of the parameters is still differentiated at the
+        returned parameters: fit with a tight ``tol`` for exact gradients. ``"unroll"``:
+        exactly ``max_iter`` iterations in a ``lax.scan`` (``tol`` only sets
+        ``converged``), differentiated step by step; the initialisation is treated as a
+        constant.
     adjoint_tol : float, optional
-        Relative tolerance of the Neumann series (default ``1e-10`` in float64, ``1e-5`` in
-        float32).
+        Relative tolerance of the fixed-point polishing and of the Neumann series (default
+        ``1e-10`` in float64, ``1e-5`` in float32).
     adjoint_max_iter : int
-        Cap on the number of Neumann terms.
+        Cap on the number of polishing iterations, and on the number of Neumann terms.
     n_candidates : int, optional
         Screen starting points before the restarts (short-EM, "em-EM"): draw
         ``n_candidates >= n_init`` starts with ``init``, run ``candidate_iter`` EM iterations
