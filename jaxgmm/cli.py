@@ -298,11 +298,14 @@ def _cmd_predict(args) -> int:
     import numpy as np
 
     import jaxgmm
+    from jaxgmm._src.serialization import InvalidModelFile
 
     try:
         params = jaxgmm.load(args.model)
     except FileNotFoundError:
         raise UserError(f"no such file: {args.model}") from None
+    except InvalidModelFile as error:
+        raise UserError(str(error).replace(f"path {args.model!r}", args.model, 1)) from None
     except ValueError:
         raise UserError(
             f"{args.model} is not a jaxgmm model file (one written by 'jaxgmm fit' or jaxgmm.save)"

@@ -388,6 +388,52 @@ def test_params_checked_by_functions(blobs):
         jaxgmm.log_prob({"weights": 1}, blobs)
 
 
+@pytest.mark.parametrize(
+    "kind, covariances, message",
+    [
+        ("full", [[[1.0, 2.0], [2.0, 1.0]]] * 2, "positive definite"),  # eigenvalue -1
+        ("full", [[[1.0, 0.5], [0.0, 1.0]]] * 2, "symmetric"),
+        ("tied", [[1.0, 0.0], [0.0, 0.0]], "positive definite"),
+        ("diag", [[1.0, 1.0], [1.0, -1.0]], "positive"),
+        ("spherical", [1.0, 0.0], "positive"),
+    ],
+)
+def test_covariances_that_define_no_density_are_rejected(tmp_path, kind, covariances, message):
+    params = GMM(jnp.array([0.5, 0.5]), jnp.zeros((2, 2)), jnp.asarray(covariances), kind)
+    X = jnp.zeros((3, 2))
+    for call in (
+        lambda: jaxgmm.log_prob(params, X),
+        lambda: jaxgmm.predict(params, X),
+        lambda: jaxgmm.sample(KEY, params, 3),
+        lambda: jaxgmm.save(tmp_path / "bad.npz", params),
+    ):
+        with pytest.raises(ValueError, match=f"params.covariances must be .*{message}"):
+            call()
+
+
+def test_load_rejects_invalid_parameters_and_foreign_files(tmp_path, fitted):
+    params = fitted["full"].params
+    marker = dict(format=np.array("jaxgmm.GMM"), version=np.array(1))
+    cases = {
+        "negative.npz": dict(covariance_type=np.array("full"), weights=params.weights,
+                             means=params.means, covariances=-np.asarray(params.covariances)),
+        "shapes.npz": dict(covariance_type=np.array("full"), weights=np.ones(4) / 4,
+                           means=params.means, covariances=params.covariances),
+        "text.npz": dict(covariance_type=np.array("full"), weights=np.array(["a", "b", "c"]),
+                         means=params.means, covariances=params.covariances),
+    }  # fmt: skip
+    for name, arrays in cases.items():
+        np.savez(tmp_path / name, **marker, **arrays)
+        with pytest.raises(ValueError, match="path"):
+            jaxgmm.load(tmp_path / name)
+    np.save(tmp_path / "array.npy", np.zeros(3))
+    with pytest.raises(ValueError, match="not an .npz archive"):
+        jaxgmm.load(tmp_path / "array.npy")
+    batch = jax.tree.map(lambda leaf: jnp.stack([leaf, leaf]), params)
+    jaxgmm.save(tmp_path / "batch.npz", batch)
+    assert jaxgmm.load(tmp_path / "batch.npz").means.shape == (2, 3, 2)
+
+
 def test_under_jit_bad_values_are_reported_not_raised():
     X = jnp.asarray(np.random.default_rng(0).normal(size=(30, 2))).at[3, 0].set(jnp.nan)
     result = jax.jit(lambda X: jaxgmm.fit(KEY, X, 2, max_iter=10))(X)

@@ -166,6 +166,11 @@ def test_user_errors(tmp_path, capsys, blobs_file):
     model = tmp_path / "m.npz"
     jaxgmm.save(model, jaxgmm.GMM(np.ones(1), np.zeros((1, 3)), np.ones(1), "spherical"))
     one_line_error(*run(capsys, "predict", model, data)[::2], "D = 2", "D = 3")
+    invalid = tmp_path / "invalid.npz"  # a hand-made file: save refuses such parameters
+    np.savez(invalid, format=np.array("jaxgmm.GMM"), version=np.array(1),
+             covariance_type=np.array("spherical"), weights=np.ones(1), means=np.zeros((1, 2)),
+             covariances=-np.ones(1))  # fmt: skip
+    one_line_error(*run(capsys, "predict", invalid, data)[::2], "covariances must be positive")
     one_line_error(*run(capsys, "segment", bad, "-k", 2)[::2], "not a readable image")
     one_line_error(*run(capsys, "segment", tmp_path / "none.png", "-k", 2)[::2], "no such file")
 

@@ -192,6 +192,25 @@ def check_params(params, n_features: int | None, name: str = "params", K: int | 
             raise ValueError(f"{name} contains NaN or infinite values")
         if np.any(weights < 0) or abs(weights.sum() - 1.0) > 1e-4:
             raise ValueError(f"{name}.weights must be non-negative and sum to 1")
+        check_covariance_values(np.asarray(params.covariances), params.covariance_type, name)
+
+
+def check_covariance_values(covariances: np.ndarray, covariance_type: str, name: str) -> None:
+    """Finite covariances (any leading batch axes) that define a density: positive variances
+    (``"diag"``, ``"spherical"``), symmetric positive definite matrices (``"full"``,
+    ``"tied"``; symmetric to 1e-5 of the largest diagonal entry)."""
+    values = np.asarray(covariances, dtype=np.float64)
+    if covariance_type in ("diag", "spherical"):
+        if not np.all(values > 0):
+            raise ValueError(f"{name}.covariances must be positive (variances)")
+        return
+    scale = np.max(np.abs(np.diagonal(values, axis1=-2, axis2=-1)), initial=0.0)
+    if np.max(np.abs(values - np.swapaxes(values, -1, -2)), initial=0.0) > 1e-5 * scale:
+        raise ValueError(f"{name}.covariances must be symmetric matrices")
+    try:
+        np.linalg.cholesky(values)
+    except np.linalg.LinAlgError:
+        raise ValueError(f"{name}.covariances must be positive definite matrices") from None
 
 
 def check_init_params(init_params: GMM, n_features: int, K: int, covariance_type: str, dtype):
