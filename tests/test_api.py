@@ -441,6 +441,14 @@ def test_under_jit_bad_values_are_reported_not_raised():
     assert not np.isfinite(float(result.log_likelihood))
 
 
+def test_under_vmap_negative_weights_are_reported():
+    X = jnp.asarray(np.random.default_rng(0).normal(size=(30, 2)))
+    weights = jnp.stack([jnp.ones(30), jnp.ones(30).at[4].set(-1.0), jnp.full(30, jnp.nan)])
+    result = jax.vmap(lambda w: jaxgmm.fit(KEY, X, 2, max_iter=10, sample_weight=w))(weights)
+    np.testing.assert_array_equal(result.converged, [True, False, False])
+    np.testing.assert_array_equal(np.isfinite(result.log_likelihood), [True, False, False])
+
+
 # --- degenerate data -------------------------------------------------------------------------
 
 

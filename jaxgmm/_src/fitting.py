@@ -314,7 +314,8 @@ def fit(
         # Unrolled, the loop itself is differentiated. With concrete inputs nothing can
         # differentiate this call: the stop-gradients and the identity that carries the
         # implicit gradient would only cost dispatches.
-        return _fit_compiled(key, X, weights, tol, reg_covar, init_params, **options)
+        result = _fit_compiled(key, X, weights, tol, reg_covar, init_params, **options)
+        return _flag_invalid_weights(result, weights)
     stop = jax.lax.stop_gradient
     result = _fit_compiled(
         key, stop(X), stop(weights), tol, stop(reg_covar), init_params, **options
@@ -331,4 +332,21 @@ def fit(
         reg_covar,
         jnp.asarray(adjoint_tol, X.dtype),
     )
-    return dataclasses.replace(result, params=params, log_likelihood=log_likelihood)
+    result = dataclasses.replace(result, params=params, log_likelihood=log_likelihood)
+    return _flag_invalid_weights(result, weights)
+
+
+def _flag_invalid_weights(result: FitResult, weights) -> FitResult:
+    """Traced sample weights could not be checked eagerly: a negative or NaN weight makes
+    the result report failure (non-finite log-likelihood, ``converged=False``), as NaN data
+    do, instead of looking like a converged fit."""
+    if not isinstance(weights, jax.core.Tracer):
+        return result
+    valid = jnp.all(weights >= 0)
+    nan = jnp.asarray(jnp.nan, result.log_likelihood.dtype)
+    return dataclasses.replace(
+        result,
+        log_likelihood=jnp.where(valid, result.log_likelihood, nan),
+        converged=result.converged & valid,
+        all_log_likelihoods=jnp.where(valid, result.all_log_likelihoods, nan),
+    )
