@@ -221,11 +221,6 @@ def _cmd_fit(args) -> int:
         _end_progress()
     seconds = time.perf_counter() - start
     params = result.params
-    if not math.isfinite(log_likelihood):
-        raise UserError(
-            "the fit failed (non-finite log-likelihood); try a larger --reg-covar "
-            "or fewer components"
-        )
     try:  # saved before anything is printed, so a closed pipe cannot lose it
         jaxgmm.save(output, params)
     except OSError as error:

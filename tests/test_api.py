@@ -353,6 +353,10 @@ def test_integer_input_becomes_float(blobs):
         (dict(n_init=4, n_candidates=3), ValueError, "n_candidates"),
         (dict(n_candidates=2.5), TypeError, "n_candidates"),
         (dict(n_candidates=4, candidate_iter=0), ValueError, "candidate_iter"),
+        (dict(reg_covar=None), TypeError, "reg_covar"),
+        (dict(tol="1e-3"), TypeError, "tol"),
+        (dict(key=0), TypeError, "key must be a JAX PRNG key"),
+        (dict(sample_weight=np.array(["a"] * 30)), TypeError, "sample_weight"),
     ],
 )
 def test_bad_input_names_the_argument(kwargs, error, word):
@@ -360,6 +364,19 @@ def test_bad_input_names_the_argument(kwargs, error, word):
     arguments.update(kwargs)
     with pytest.raises(error, match=word):
         jaxgmm.fit(**arguments)
+
+
+def test_m_step_checks_log_resp():
+    X = np.random.default_rng(0).normal(size=(20, 2))
+    for log_resp in (np.full((20, 2), np.nan), np.full((20, 2), 100.0)):
+        with pytest.raises(ValueError, match="log_resp"):
+            jaxgmm.m_step(X, log_resp)
+    with pytest.raises(ValueError, match="K >= 1"):
+        jaxgmm.m_step(X, np.zeros((20, 0)))
+    with pytest.raises(TypeError, match="log_resp"):
+        jaxgmm.m_step(X, np.zeros((20, 2), complex))
+    zero_resp = np.stack([np.zeros(20), np.full(20, -np.inf)], axis=1)  # log 1, log 0: valid
+    assert np.all(np.isfinite(jaxgmm.m_step(X, zero_resp).means))
 
 
 def test_screening_needs_random_starts(blobs):
@@ -450,6 +467,18 @@ def test_under_vmap_negative_weights_are_reported():
 
 
 # --- degenerate data -------------------------------------------------------------------------
+
+
+def test_eager_fit_that_cannot_start_raises():
+    # Identical points and no regularisation: every covariance is singular at the start.
+    X = np.ones((40, 2))
+    with pytest.raises(ValueError, match="increase reg_covar"):
+        jaxgmm.fit(KEY, X, 2, reg_covar=0.0, n_init=2)
+    with pytest.raises(ValueError, match="every fit failed"):
+        jaxgmm.select(KEY, X, K=[1, 2], covariance_types=("spherical",), reg_covar=0.0)
+    # The same fit under jit cannot raise and reports the failure instead.
+    result = jax.jit(lambda X: jaxgmm.fit(KEY, X, 2, reg_covar=0.0))(X)
+    assert not bool(result.converged) and not np.isfinite(float(result.log_likelihood))
 
 
 def _assert_finite_mixture(result):
@@ -588,3 +617,17 @@ def test_progress_with_restarts_is_called_per_restart_with_scalars(blobs):
     jax.effects_barrier()
     assert all(np.shape(n_iter) == () and np.shape(mean) == () for n_iter, mean in calls)
     assert sorted(int(n_iter) for n_iter, _ in calls) == sorted([1, 2, 3, 4] * 3)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+def test_half_precision_input_is_computed_in_float32(blobs, dtype):
+    # Cholesky factors and likelihood sums need more than 8 to 11 bits of mantissa.
+    X = np.asarray(blobs).astype(dtype)
+    result = jaxgmm.fit(KEY, X, 3, max_iter=30)
+    reference = jaxgmm.fit(KEY, np.asarray(X, np.float32), 3, max_iter=30)
+    assert result.params.means.dtype == jnp.float32
+    np.testing.assert_array_equal(result.params.means, reference.params.means)
+    half = jax.tree.map(lambda leaf: leaf.astype(dtype), result.params)
+    assert jaxgmm.log_prob(half, X).dtype == jnp.float32
+    assert np.all(np.isfinite(jaxgmm.log_prob(half, X)))
+    assert jaxgmm.sample(KEY, half, 5)[0].dtype == jnp.float32

@@ -159,6 +159,14 @@ def test_errors_name_the_argument(blobs):
         jaxgmm.online_update(state, np.zeros((5, 3)))
     with pytest.raises(ValueError, match="sample_weight"):
         jaxgmm.online_update(state, blobs, sample_weight=np.ones(3))
+    with pytest.raises(ValueError, match="sample_weight"):
+        jaxgmm.online_update(state, blobs, sample_weight=-np.ones(len(blobs)))
+    with pytest.raises(TypeError, match="OnlineState"):
+        jaxgmm.online_update(state.params, blobs)
+    late_nan = np.array(blobs).copy()
+    late_nan[-1, 0] = np.nan  # past the rows that initialise
+    with pytest.raises(ValueError, match="NaN"):
+        jaxgmm.fit_online(KEY, late_nan, 3, batch_size=16, init_size=32)
     with pytest.raises(ValueError, match="n_epochs"):
         jaxgmm.fit_online(KEY, iter([blobs]), 3, batch_size=64, n_epochs=2)
     with pytest.raises(ValueError, match="empty"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxgmm._src import covariances as cov
 from jaxgmm._src import products, validation
@@ -175,11 +176,20 @@ def m_step(
     X = validation.as_data(X, "X")
     validation.check_covariance_type(covariance_type)
     validation.check_reg_covar(reg_covar)
+    log_resp = log_resp if isinstance(log_resp, jax.Array) else np.asarray(log_resp)
+    if not jnp.issubdtype(log_resp.dtype, jnp.floating):
+        raise TypeError(f"log_resp must be a real float array; got dtype {log_resp.dtype}")
     log_resp = jnp.asarray(log_resp, X.dtype)
-    if log_resp.ndim != 2 or log_resp.shape[0] != X.shape[0]:
+    if log_resp.ndim != 2 or log_resp.shape[0] != X.shape[0] or log_resp.shape[1] == 0:
         raise ValueError(
-            f"log_resp must have shape (N, K) with N = {X.shape[0]}; got {log_resp.shape}"
+            f"log_resp must have shape (N, K) with N = {X.shape[0]} and K >= 1; "
+            f"got {log_resp.shape}"
         )
+    if validation.is_concrete(log_resp):
+        with jax.ensure_compile_time_eval():
+            bad = bool(jnp.any(jnp.isnan(log_resp) | (log_resp > 1e-3)))
+        if bad:  # log responsibilities are at most log(1) = 0 (-inf for zero is fine)
+            raise ValueError("log_resp must hold log responsibilities: no NaN, none above 0")
     weights = validation.as_sample_weight(sample_weight, X)
     center = products.weighted_mean(X, weights)
     moments = weighted_moments(X - center, weights, jnp.exp(log_resp), covariance_type)

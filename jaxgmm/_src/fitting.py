@@ -6,6 +6,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxgmm._src import covariances as cov
 from jaxgmm._src import products, validation
@@ -178,7 +179,7 @@ def fit(
         ``jax.random.key(seed)`` (or a legacy ``PRNGKey``); the only source of randomness.
     X : Array, shape (N, D) or (N,)
         Data; a 1-D array is a one-feature problem. Its float dtype sets the computation dtype
-        (integers become the default float).
+        (integers become the default float; float16 and bfloat16 are computed in float32).
     K : int
         Number of components (static).
     covariance_type : {"full", "diag", "spherical", "tied"}
@@ -266,6 +267,7 @@ def fit(
     >>> sorted(round(float(w), 1) for w in result.params.weights)
     [0.5, 0.5]
     """
+    validation.check_key(key)
     X = validation.as_data(X, "X")
     n_samples, n_features = X.shape
     K = validation.check_n_components(K, n_samples)
@@ -315,6 +317,8 @@ def fit(
         # differentiate this call: the stop-gradients and the identity that carries the
         # implicit gradient would only cost dispatches.
         result = _fit_compiled(key, X, weights, tol, reg_covar, init_params, **options)
+        if validation.is_concrete(result.log_likelihood):
+            _raise_if_failed(result)
         return _flag_invalid_weights(result, weights)
     stop = jax.lax.stop_gradient
     result = _fit_compiled(
@@ -334,6 +338,20 @@ def fit(
     )
     result = dataclasses.replace(result, params=params, log_likelihood=log_likelihood)
     return _flag_invalid_weights(result, weights)
+
+
+def _raise_if_failed(result: FitResult) -> None:
+    """An eager fit whose every restart had a non-finite log-likelihood from the start (the
+    loop keeps the last finite parameters, so only a start can leave none) raises instead of
+    returning NaN."""
+    if not np.any(np.isfinite(np.asarray(result.all_log_likelihoods))):
+        raise ValueError(
+            "the fit failed: the log-likelihood at the starting parameters is not finite. "
+            "Singular covariances (identical or too few distinct points per component with "
+            "reg_covar=0: increase reg_covar or use fewer components), or values too large "
+            "for the dtype (squares of float32 overflow above about 1e19: rescale X or use "
+            "float64)"
+        )
 
 
 def _flag_invalid_weights(result: FitResult, weights) -> FitResult:

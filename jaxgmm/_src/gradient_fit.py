@@ -285,6 +285,7 @@ def fit_gradient(
     Any optax optimiser, full batch or minibatches:
     ``fit_gradient(key, X, 2, optimizer=optax.sgd(0.1), batch_size=64)``.
     """
+    validation.check_key(key)
     X = validation.as_data(X, "X")
     n_samples, n_features = X.shape
     K = validation.check_n_components(K, n_samples)

@@ -355,6 +355,7 @@ def init_params(
     >>> init_params(jax.random.key(1), X, 3).means.shape
     (3, 2)
     """
+    validation.check_key(key)
     X = validation.as_data(X, "X")
     K = validation.check_n_components(K, X.shape[0])
     validation.check_covariance_type(covariance_type)

@@ -135,6 +135,7 @@ def online_init(
     >>> state.statistics.shape, int(state.step)
     ((3, 6), 0)
     """
+    validation.check_key(key)
     X = validation.as_data(X, "X")
     n_rows, n_features = X.shape
     K = validation.check_n_components(K, n_rows)
@@ -176,8 +177,8 @@ def _state_from_params(params: GMM, reg_covar) -> OnlineState:
     batch has been seen).
     """
     covariance_type = params.covariance_type
-    weights = jnp.asarray(params.weights)
-    dtype = weights.dtype
+    dtype = validation.compute_dtype(jnp.result_type(params.weights))
+    weights = jnp.asarray(params.weights, dtype)
     means = jnp.asarray(params.means, dtype)
     covariances = jnp.asarray(params.covariances, dtype)
     reg_covar = jnp.asarray(reg_covar, dtype)
@@ -268,6 +269,10 @@ def online_update(
     >>> int(state.step), state.params.means.shape
     (2, (2, 2))
     """
+    if not isinstance(state, OnlineState):
+        raise TypeError(
+            f"state must be a jaxgmm.OnlineState (from online_init); got {type(state).__name__}"
+        )
     params = state.params
     if not isinstance(params, GMM):
         raise TypeError(f"state.params must be a jaxgmm.GMM; got {type(params).__name__}")
@@ -281,12 +286,7 @@ def online_update(
     validation.check_reg_covar(reg_covar)
     dtype = state.statistics.dtype
     X = X.astype(dtype)
-    if sample_weight is None:
-        weights = jnp.ones((n_rows,), dtype)
-    else:
-        weights = jnp.asarray(sample_weight, dtype)
-        if weights.shape != (n_rows,):
-            raise ValueError(f"sample_weight must have shape ({n_rows},); got {weights.shape}")
+    weights = validation.as_sample_weight(sample_weight, X)
     covariance_type = params.covariance_type
     chunk_size = _chunk_size(n_rows, n_features, params.n_components, covariance_type, chunk_size)
 
@@ -410,6 +410,7 @@ def fit_online(
     >>> sorted(round(float(w), 1) for w in result.params.weights)
     [0.5, 0.5]
     """
+    validation.check_key(key)
     batch_size = validation.check_positive_int(batch_size, "batch_size")
     K = validation.check_n_components(K, sys.maxsize)
     validation.check_covariance_type(covariance_type)
@@ -483,6 +484,8 @@ def fit_online(
         source_batches = _chain(held, batches) if epoch == 0 else epoch_batches(epoch)
         pending = None
         for batch, n_valid in source_batches:
+            if not np.all(np.isfinite(batch[:n_valid])):
+                raise ValueError(f"{stream.name} contains NaN or infinite values")
             if n_valid == batch_size:
                 weights = full_weights
             else:

@@ -38,7 +38,7 @@ def sample(key, params: GMM, n: int) -> tuple[jax.Array, jax.Array]:
     Returns
     -------
     X : Array, shape (n, D)
-        In the dtype of ``params``.
+        In the dtype of ``params`` (float32 for float16 or bfloat16 parameters).
     labels : Array, shape (n,), int
         The component each sample was drawn from.
 
@@ -51,11 +51,10 @@ def sample(key, params: GMM, n: int) -> tuple[jax.Array, jax.Array]:
     >>> X.shape, labels.shape
     ((5, 1), (5,))
     """
+    validation.check_key(key)
     validation.check_params(params, None, "params")
     n = validation.check_positive_int(n, "n")
-    dtype = jnp.result_type(params.means)
-    if not jnp.issubdtype(dtype, jnp.floating):
-        dtype = jnp.result_type(float)
+    dtype = validation.compute_dtype(jnp.result_type(params.means))
 
     def cast(leaf):  # NumPy stays NumPy: the compiled call moves it in one step
         return jnp.asarray(leaf, dtype) if isinstance(leaf, jax.Array) else np.asarray(leaf, dtype)

@@ -412,6 +412,7 @@ def select(
     *  spherical  2  ...
        spherical  3  ...
     """
+    validation.check_key(key)
     X = validation.as_data(X, "X")
     n_samples, n_features = X.shape
     Ks = _check_K(K, n_samples)
@@ -490,6 +491,11 @@ def select(
     aic = -2.0 * log_likelihood + 2.0 * n_parameters
     icl = bic + 2.0 * tables["ent"]
     scores = {"bic": bic, "aic": aic, "icl": icl}[criterion]
+    if not np.isfinite(scores).any():
+        raise ValueError(
+            "every fit failed (non-finite log-likelihood): singular covariances (increase "
+            "reg_covar) or values too large for the dtype (rescale X or use float64)"
+        )
     eligible = np.isfinite(scores) & ~collapsed
     if not eligible.any():
         eligible = np.isfinite(scores)

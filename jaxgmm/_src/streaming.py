@@ -109,15 +109,14 @@ def _as_array_or_none(values):
 
 
 def compute_dtype(dtype) -> np.dtype:
-    """The float dtype JAX computes in for data of ``dtype`` (integers -> default float)."""
+    """The float dtype JAX computes in for data of ``dtype`` (``validation.compute_dtype``:
+    integers -> default float, float16 and bfloat16 -> float32)."""
     dtype = np.dtype(dtype)
-    if dtype.kind == "O" or not (np.issubdtype(dtype, np.number) or dtype == np.bool_):
+    if dtype.kind == "O" or not (jnp.issubdtype(dtype, jnp.number) or dtype == np.bool_):
         raise TypeError(f"source must be numeric, got dtype {dtype}")
-    if np.issubdtype(dtype, np.complexfloating):
+    if jnp.issubdtype(dtype, jnp.complexfloating):
         raise TypeError(f"source must be real, got dtype {dtype}")
-    if not np.issubdtype(dtype, np.floating):
-        dtype = jnp.result_type(float)
-    return np.dtype(jax.dtypes.canonicalize_dtype(dtype))
+    return np.dtype(jax.dtypes.canonicalize_dtype(validation.compute_dtype(dtype)))
 
 
 def as_rows(chunk: np.ndarray, n_features: int | None, name: str) -> np.ndarray:
@@ -381,6 +380,7 @@ def fit_stream(
     >>> sorted(round(float(w), 1) for w in result.params.weights)
     [0.5, 0.5]
     """
+    validation.check_key(key)
     batch_size = validation.check_positive_int(batch_size, "batch_size")
     validation.check_covariance_type(covariance_type)
     validation.check_init(init)

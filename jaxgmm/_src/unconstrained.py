@@ -161,9 +161,7 @@ def to_unconstrained(params: GMM) -> UnconstrainedGMM:
     True
     """
     validation.check_params(params, None, "params")
-    dtype = jnp.asarray(params.means).dtype
-    if not jnp.issubdtype(dtype, jnp.floating):
-        dtype = jnp.result_type(float)
+    dtype = validation.compute_dtype(jnp.asarray(params.means).dtype)
     params = jax.tree.map(lambda leaf: jnp.asarray(leaf, dtype), params)
     kind = params.covariance_type
     return UnconstrainedGMM(
@@ -234,10 +232,8 @@ def from_unconstrained(u: UnconstrainedGMM, *, reg_covar=0.0) -> GMM:
     _check_unconstrained(u)
     validation.check_reg_covar(reg_covar)
     kind = u.covariance_type
-    means = jnp.asarray(u.means)
-    if not jnp.issubdtype(means.dtype, jnp.floating):
-        means = means.astype(jnp.result_type(float))
-    dtype = means.dtype
+    dtype = validation.compute_dtype(jnp.asarray(u.means).dtype)
+    means = jnp.asarray(u.means, dtype)
     covariances = _FROM[kind](jnp.asarray(u.cov_unconstrained, dtype))
     covariances = _add_to_diagonal(covariances, kind, jnp.asarray(reg_covar, dtype))
     return GMM(

@@ -23,10 +23,21 @@ def is_concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
+def compute_dtype(dtype):
+    """The dtype jaxgmm computes in for data or parameters of ``dtype``: float32 and float64
+    as they are; floats narrower than 32 bits (float16, bfloat16), whose rounding is too
+    coarse for likelihoods and Cholesky factors, in float32; anything else in JAX's default
+    float dtype."""
+    if jnp.issubdtype(dtype, jnp.floating):
+        return jnp.dtype(dtype) if jnp.finfo(dtype).bits >= 32 else jnp.dtype(jnp.float32)
+    return jnp.dtype(jnp.result_type(float))
+
+
 def as_data(X, name: str = "X") -> jax.Array:
     """``X`` as a floating array of shape (N, D); a 1-D array is one feature (D = 1).
 
-    Integer and boolean input becomes JAX's default float dtype; float input keeps its dtype.
+    Integer and boolean input becomes JAX's default float dtype; float32 and float64 keep
+    their dtype; float16 and bfloat16 become float32 (``compute_dtype``).
     """
     if isinstance(X, GMM):
         raise TypeError(f"{name} must be an array of samples, got a GMM")
@@ -41,8 +52,8 @@ def as_data(X, name: str = "X") -> jax.Array:
         raise TypeError(f"{name} must be numeric, got dtype {X.dtype}")
     if jnp.issubdtype(X.dtype, jnp.complexfloating):
         raise TypeError(f"{name} must be real, got dtype {X.dtype}")
-    if not jnp.issubdtype(X.dtype, jnp.floating):
-        X = jnp.asarray(X, dtype=jnp.result_type(float))
+    if jnp.dtype(X.dtype) != compute_dtype(X.dtype):
+        X = jnp.asarray(X, dtype=compute_dtype(X.dtype))
     X = jnp.asarray(X)
     if X.ndim == 1:
         X = X[:, None]
@@ -85,6 +96,21 @@ def check_n_components(K, n_samples: int, name: str = "K") -> int:
     return K
 
 
+def check_key(key, name: str = "key") -> None:
+    """A JAX PRNG key: a typed key array (``jax.random.key``) or a legacy ``uint32`` key
+    (``jax.random.PRNGKey``); a plain integer seed gets an error that says how to make one."""
+    if isinstance(key, numbers.Number) or key is None:
+        raise TypeError(f"{name} must be a JAX PRNG key such as jax.random.key(0); got {key!r}")
+    dtype = getattr(key, "dtype", None)
+    typed = dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+    legacy = dtype == jnp.uint32 and jnp.ndim(key) >= 1
+    if not (typed or legacy):
+        raise TypeError(
+            f"{name} must be a JAX PRNG key such as jax.random.key(0); got {type(key).__name__}"
+            + (f" of dtype {dtype}" if dtype is not None else "")
+        )
+
+
 def check_positive_int(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
         raise TypeError(f"{name} must be an int; got {value!r}")
@@ -111,6 +137,11 @@ def _check_non_negative_scalar(value, name: str) -> None:
     if isinstance(value, numbers.Real):
         v = float(value)
     else:
+        is_array = isinstance(value, (jax.Array, np.ndarray, np.generic))
+        if not is_array or not jnp.issubdtype(value.dtype, jnp.number):
+            raise TypeError(f"{name} must be a real number; got {value!r}")
+        if jnp.issubdtype(value.dtype, jnp.complexfloating):
+            raise TypeError(f"{name} must be real; got dtype {value.dtype}")
         if jnp.ndim(value) != 0:
             raise ValueError(f"{name} must be a scalar; got shape {jnp.shape(value)}")
         if not is_concrete(value):
@@ -133,9 +164,14 @@ def as_sample_weight(sample_weight, X: jax.Array) -> jax.Array:
     n_samples = X.shape[0]
     if sample_weight is None:
         return jnp.ones((n_samples,), X.dtype)
-    weights = jnp.asarray(sample_weight)
-    if not (jnp.issubdtype(weights.dtype, jnp.number) or weights.dtype == jnp.bool_):
+    weights = sample_weight if isinstance(sample_weight, jax.Array) else np.asarray(sample_weight)
+    if weights.dtype == object or not (
+        jnp.issubdtype(weights.dtype, jnp.number) or weights.dtype == jnp.bool_
+    ):
         raise TypeError(f"sample_weight must be numeric; got dtype {weights.dtype}")
+    if jnp.issubdtype(weights.dtype, jnp.complexfloating):
+        raise TypeError(f"sample_weight must be real; got dtype {weights.dtype}")
+    weights = jnp.asarray(weights)
     weights = weights.astype(X.dtype)
     if weights.shape != (n_samples,):
         raise ValueError(
@@ -190,7 +226,11 @@ def check_params(params, n_features: int | None, name: str = "params", K: int | 
         weights = np.asarray(params.weights, dtype=np.float64)
         if not all(np.all(np.isfinite(np.asarray(leaf))) for leaf in leaves):
             raise ValueError(f"{name} contains NaN or infinite values")
-        if np.any(weights < 0) or abs(weights.sum() - 1.0) > 1e-4:
+        weights_dtype = jnp.result_type(params.weights)
+        # Weights stored in float16 or bfloat16 sum to one only to their own rounding.
+        floating = jnp.issubdtype(weights_dtype, jnp.floating)
+        rounding = 2 * float(jnp.finfo(weights_dtype).eps) if floating else 0.0
+        if np.any(weights < 0) or abs(weights.sum() - 1.0) > max(1e-4, rounding):
             raise ValueError(f"{name}.weights must be non-negative and sum to 1")
         check_covariance_values(np.asarray(params.covariances), params.covariance_type, name)
 
