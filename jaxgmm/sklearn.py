@@ -863,6 +863,12 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             totals = np.asarray(batch.lower_bound)
             best = int(np.argmax(np.where(np.isfinite(totals), totals, -np.inf)))
             result = jax.tree.map(lambda a: a[best], batch)
+        if not np.isfinite(float(result.lower_bound)):
+            raise ValueError(
+                "Fitting the mixture model failed: the log-likelihood at the start is not "
+                "finite (some components have singular covariances, for instance from "
+                "identical samples). Try fewer components, or increase reg_covar."
+            )
         return (
             jax.tree.map(lambda a: np.asarray(a, dtype), result.params),
             float(result.lower_bound),

@@ -441,6 +441,12 @@ def test_float32_input_is_fitted_in_float32(blobs):
     assert gm.score_samples(blobs.astype(np.float32)).dtype == np.float32
 
 
+def test_fit_that_cannot_start_says_so():
+    # Identical samples, no regularisation: singular covariances from the first E-step.
+    with pytest.raises(ValueError, match="increase reg_covar"):
+        GaussianMixture(2, reg_covar=0.0, random_state=0).fit(np.ones((30, 2)))
+
+
 def test_pipeline_and_grid_search(blobs):
     pipe = make_pipeline(StandardScaler(), GaussianMixture(random_state=0))
     folds = KFold(4, shuffle=True, random_state=0)  # blobs are sorted by cluster
