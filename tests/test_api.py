@@ -1,6 +1,8 @@
 """The public face: shapes, dtypes, errors naming the argument, degenerate data, save/load,
 and composition with jit, vmap and grad (including no recompilation for tol / reg_covar)."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -495,6 +497,9 @@ def _assert_finite_mixture(result):
     "name",
     ["identical", "constant_feature", "few_distinct", "scale_1e8", "scale_1e-8"],
 )
+# Components collapsed onto a few distinct points are narrow enough for the float32 rounding
+# warning (about 0.15 nats); that warning is tested on its own.
+@pytest.mark.filterwarnings("ignore:float32 rounding:RuntimeWarning")
 def test_degenerate_data_gives_finite_answers(kind, dtype, name):
     rng = np.random.default_rng(1)
     base = rng.normal(size=(60, 2))
@@ -631,3 +636,18 @@ def test_half_precision_input_is_computed_in_float32(blobs, dtype):
     assert jaxgmm.log_prob(half, X).dtype == jnp.float32
     assert np.all(np.isfinite(jaxgmm.log_prob(half, X)))
     assert jaxgmm.sample(KEY, half, 5)[0].dtype == jnp.float32
+
+
+def test_float32_fit_warns_when_rounding_blurs_the_components():
+    # Two unit-variance clusters 10,000 apart: the expanded quadratic forms around the data
+    # mean lose about eps32 * 5000**2 = 3 nats; float64 keeps them to 1e-8.
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(0, 1, (250, 1)), rng.normal(1e4, 1, (250, 1))])
+    with pytest.warns(RuntimeWarning, match="float32 rounding"):
+        jaxgmm.fit(KEY, X.astype(np.float32), 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fitted = jaxgmm.fit(KEY, X, 2)  # float64
+        np.testing.assert_allclose(np.sort(np.ravel(fitted.params.covariances)), 1.0, rtol=0.2)
+        # Ordinary clusters in float32: no warning.
+        jaxgmm.fit(KEY, rng.normal(size=(200, 2)).astype(np.float32), 2)

@@ -162,6 +162,14 @@ def test_errors_name_the_argument(data):
         fit(lambda: iter([data, data[:, :2]]))
     with pytest.raises(ValueError, match="empty"):
         fit(lambda: iter([]))
+    passes = []
+
+    def shrinking():  # the whole data on the first two passes (scan, start), then half
+        passes.append(None)
+        return iter([data if len(passes) <= 2 else data[: len(data) // 2]])
+
+    with pytest.raises(ValueError, match="same rows on every pass"):
+        fit(shrinking)
     with pytest.raises(ValueError, match="exceeds"):
         jaxgmm.fit_stream(KEY, data[:2], 3, batch_size=BATCH)
     with pytest.raises(ValueError, match="batch_size"):

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgmm._src import covariances as cov
-from jaxgmm._src import products, validation
+from jaxgmm._src import products, rounding, validation
 from jaxgmm._src.batched_em import run_em_batchable
 from jaxgmm._src.chunking import Chunking, auto_chunk_size, sample_shards
 from jaxgmm._src.em_loop import run_em, run_em_unrolled
@@ -68,6 +68,7 @@ def _fit_core(
     gradient="implicit",
     n_candidates=None,
     candidate_iter=20,
+    with_outcome=False,
 ):
     center = products.weighted_mean(X, weights)
     xc = X - center
@@ -123,7 +124,7 @@ def _fit_core(
         all_totals = batch[1]
         best = jnp.argmax(jnp.where(jnp.isfinite(all_totals), all_totals, -jnp.inf))
         params, total, n_iter, converged, history = jax.tree.map(lambda a: a[best], batch)
-    return FitResult(
+    result = FitResult(
         params=cov.shift_means(params, center),
         log_likelihood=total,
         n_iter=n_iter,
@@ -131,6 +132,20 @@ def _fit_core(
         history=history,
         all_log_likelihoods=all_totals,
     )
+    if with_outcome:
+        return result, _outcome(result, X, weights)
+    return result
+
+
+def _outcome(result: FitResult, X, weights) -> jax.Array:
+    """``[any restart finite, float32 rounding in nats]``, read by an eager ``fit`` in the
+    same transfer as its result."""
+    started = jnp.any(jnp.isfinite(result.all_log_likelihoods))
+    if X.dtype == jnp.float32:
+        nats = rounding.rounding_nats(result.params, X, weights)
+    else:
+        nats = jnp.zeros((), X.dtype)
+    return jnp.stack([started.astype(X.dtype), nats])
 
 
 _fit_compiled = jax.jit(
@@ -146,6 +161,7 @@ _fit_compiled = jax.jit(
         "gradient",
         "n_candidates",
         "candidate_iter",
+        "with_outcome",
     ),
 )
 
@@ -251,11 +267,13 @@ def fit(
     -----
     Each iteration is an E-step at the current parameters followed by an M-step; the data
     are centred on their (weighted) mean internally, which keeps float32 accurate for data
-    far from the origin. A component that loses all its samples keeps a weight of
-    ``10 eps / sum(sample_weight)``, the data mean as its mean and ``reg_covar * I`` as its
-    covariance;
-    a covariance that is numerically not positive definite is replaced by its (clamped)
-    diagonal plus ``reg_covar``.
+    far from the origin; components that are very narrow against the spread of the data
+    (clusters hundreds of their own standard deviations apart) still lose accuracy in
+    float32, and an eager float32 fit then warns (``RuntimeWarning``). An eager fit whose
+    start has a non-finite log-likelihood raises ``ValueError``. A component that loses all
+    its samples keeps a weight of ``10 eps / sum(sample_weight)``, the data mean as its mean
+    and ``reg_covar * I`` as its covariance; a covariance that is numerically not positive
+    definite is replaced by its (clamped) diagonal plus ``reg_covar``.
 
     Examples
     --------
@@ -316,9 +334,14 @@ def fit(
         # Unrolled, the loop itself is differentiated. With concrete inputs nothing can
         # differentiate this call: the stop-gradients and the identity that carries the
         # implicit gradient would only cost dispatches.
-        result = _fit_compiled(key, X, weights, tol, reg_covar, init_params, **options)
-        if validation.is_concrete(result.log_likelihood):
-            _raise_if_failed(result)
+        result, outcome = _fit_compiled(
+            key, X, weights, tol, reg_covar, init_params, with_outcome=True, **options
+        )
+        if validation.is_concrete(outcome):
+            started, nats = np.asarray(outcome).tolist()
+            if not started:
+                _raise_failed_start()
+            rounding.warn_if_imprecise(nats, X.dtype)
         return _flag_invalid_weights(result, weights)
     stop = jax.lax.stop_gradient
     result = _fit_compiled(
@@ -340,18 +363,17 @@ def fit(
     return _flag_invalid_weights(result, weights)
 
 
-def _raise_if_failed(result: FitResult) -> None:
+def _raise_failed_start() -> None:
     """An eager fit whose every restart had a non-finite log-likelihood from the start (the
     loop keeps the last finite parameters, so only a start can leave none) raises instead of
     returning NaN."""
-    if not np.any(np.isfinite(np.asarray(result.all_log_likelihoods))):
-        raise ValueError(
-            "the fit failed: the log-likelihood at the starting parameters is not finite. "
-            "Singular covariances (identical or too few distinct points per component with "
-            "reg_covar=0: increase reg_covar or use fewer components), or values too large "
-            "for the dtype (squares of float32 overflow above about 1e19: rescale X or use "
-            "float64)"
-        )
+    raise ValueError(
+        "the fit failed: the log-likelihood at the starting parameters is not finite. "
+        "Singular covariances (identical or too few distinct points per component with "
+        "reg_covar=0: increase reg_covar or use fewer components), or values too large "
+        "for the dtype (squares of float32 overflow above about 1e19: rescale X or use "
+        "float64)"
+    )
 
 
 def _flag_invalid_weights(result: FitResult, weights) -> FitResult:

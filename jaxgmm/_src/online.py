@@ -531,7 +531,9 @@ def fit_online(
     params = state.params
     if final_pass and finite:
         params_c = cov.shift_means(params, -state.center)
-        _, total = stream_pass(stream, params_c, state.center, batch_size, n_features, chunk_size)
+        _, total, _ = stream_pass(
+            stream, params_c, state.center, batch_size, n_features, chunk_size
+        )
     else:
         total = jnp.asarray(sum(totals), dtype)
     return FitResult(

@@ -264,7 +264,8 @@ _initialize = jax.jit(
 
 
 def stream_pass(source: StreamSource, params_c: GMM, center, batch_size, n_features, chunk_size):
-    """One pass over the source: ``(moments (K, P), total log-likelihood)`` at ``params_c``.
+    """One pass over the source: ``(moments (K, P), total log-likelihood, rows read)`` at
+    ``params_c``.
 
     At most two batches are in flight: the host reads batch ``i + 1`` while batch ``i``
     is computed, and memory stays bounded by a few batches.
@@ -275,14 +276,16 @@ def stream_pass(source: StreamSource, params_c: GMM, center, batch_size, n_featu
     moments = jnp.zeros((params_c.means.shape[0], n_quad + width + 1), dtype)
     total = jnp.zeros((), dtype)
     previous = None
+    rows = 0
     for batch, n_valid in fixed_batches(source, batch_size, n_features, dtype):
         moments, total = stream_update(
             params_c, center, moments, total, jnp.asarray(batch), n_valid, chunk_size
         )
+        rows += n_valid
         if previous is not None:
             previous.block_until_ready()
         previous = total
-    return moments, total
+    return moments, total, rows
 
 
 def fit_stream(
@@ -431,7 +434,14 @@ def fit_stream(
 
     def one_pass(params_c, label):
         t = time.perf_counter()
-        moments, total = stream_pass(stream, params_c, center, batch_size, n_features, chunk_size)
+        moments, total, rows = stream_pass(
+            stream, params_c, center, batch_size, n_features, chunk_size
+        )
+        if rows != n_rows:
+            raise ValueError(
+                f"{stream.name} gave {rows} rows in this pass but {n_rows} in the first: "
+                "exact EM needs the same rows on every pass"
+            )
         mean_ll = total / n_rows
         if verbose:
             _report(f"{label}: mean log-likelihood {float(mean_ll):.6g}", n_rows, None, t)
