@@ -206,3 +206,12 @@ def test_init_params_mismatch(blobs):
         jaxgmm.fit_gradient(
             jax.random.key(0), blobs, K + 1, covariance_type="diag", init_params=start
         )
+
+
+def test_runaway_step_size_is_reported_not_hidden():
+    # SGD with step 1e6 drives the log-variances past float32's range once mapped back to
+    # the data's coordinates; the result must not pair those parameters with a finite total.
+    X = np.random.default_rng(0).normal(size=(200, 2)).astype(np.float32)
+    result = jaxgmm.fit_gradient(jax.random.key(0), X, 2, optimizer=optax.sgd(1e6), n_steps=50)
+    assert not np.all(np.isfinite(result.params.covariances))
+    assert not np.isfinite(float(result.log_likelihood)) and not bool(result.converged)

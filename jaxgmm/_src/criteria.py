@@ -21,6 +21,8 @@ def n_parameters(params: GMM) -> int:
     -------
     int
     """
+    if not isinstance(params, GMM):
+        raise TypeError(f"params must be a jaxgmm.GMM; got {type(params).__name__}")
     validation.check_covariance_type(params.covariance_type)
     K, D = params.means.shape[-2:]
     covariance = {

@@ -162,10 +162,14 @@ def _fit_gradient_core(
     else:
         final_loss, final_grads = value_and_grad(u, X, weights)
         mean, gradient_norm = -final_loss, largest_entry(final_grads)
-    converged = jnp.isfinite(mean) & (gradient_norm <= tol)
-    total = mean * jnp.sum(weights)
+    params = _to_data_coordinates(u, center, scale, reg_covar)
+    # Parameters that are finite in the optimiser's scaled coordinates can still overflow
+    # when mapped back (a runaway step size): report that as a failed fit.
+    finite = _all_finite(params)
+    converged = jnp.isfinite(mean) & (gradient_norm <= tol) & finite
+    total = jnp.where(finite, mean * jnp.sum(weights), jnp.nan)
     return FitResult(
-        params=_to_data_coordinates(u, center, scale, reg_covar),
+        params=params,
         log_likelihood=total,
         n_iter=n_applied,
         converged=converged,

@@ -200,7 +200,9 @@ def from_unconstrained(u: UnconstrainedGMM, *, reg_covar=0.0) -> GMM:
     ``"diag"``/``"spherical"``: ``exp(cov_unconstrained)``; then ``reg_covar`` is added to
     the diagonal of every covariance. Differentiable everywhere, so
     ``jax.grad(lambda u, X: jaxgmm.log_likelihood(from_unconstrained(u), X))`` is defined
-    for any finite ``u``.
+    for any finite ``u`` whose log-variances (the diagonal entries, for ``"full"`` and
+    ``"tied"`` half the log-variance scale) stay below the dtype's overflow of ``exp``
+    (about 88 in float32, 709 in float64).
 
     Parameters
     ----------
