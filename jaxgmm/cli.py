@@ -225,6 +225,8 @@ def _cmd_fit(args) -> int:
         jaxgmm.save(output, params)
     except OSError as error:
         raise UserError(f"cannot write {output}: {error}") from None
+    except ValueError as error:  # parameters that fail save's checks
+        raise UserError(f"the fitted model cannot be saved: {error}") from None
     n_parameters = jaxgmm.n_parameters(params)
     bic = -2.0 * log_likelihood + n_parameters * math.log(n_samples)
     aic = -2.0 * log_likelihood + 2.0 * n_parameters

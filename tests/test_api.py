@@ -434,20 +434,29 @@ def test_load_rejects_invalid_parameters_and_foreign_files(tmp_path, fitted):
     params = fitted["full"].params
     marker = dict(format=np.array("jaxgmm.GMM"), version=np.array(1))
     cases = {
-        "negative.npz": dict(covariance_type=np.array("full"), weights=params.weights,
-                             means=params.means, covariances=-np.asarray(params.covariances)),
-        "shapes.npz": dict(covariance_type=np.array("full"), weights=np.ones(4) / 4,
-                           means=params.means, covariances=params.covariances),
-        "text.npz": dict(covariance_type=np.array("full"), weights=np.array(["a", "b", "c"]),
-                         means=params.means, covariances=params.covariances),
+        "negative.npz": (dict(covariance_type=np.array("full"), weights=params.weights,
+                              means=params.means, covariances=-np.asarray(params.covariances)),
+                         "positive definite"),
+        "shapes.npz": (dict(covariance_type=np.array("full"), weights=np.ones(4) / 4,
+                            means=params.means, covariances=params.covariances),
+                       "weights must have shape"),
+        "text.npz": (dict(covariance_type=np.array("full"), weights=np.array(["a", "b", "c"]),
+                          means=params.means, covariances=params.covariances),
+                     "non-float"),
     }  # fmt: skip
-    for name, arrays in cases.items():
+    for name, (arrays, message) in cases.items():
         np.savez(tmp_path / name, **marker, **arrays)
-        with pytest.raises(ValueError, match="path"):
+        with pytest.raises(ValueError, match=f"path .*{name}.*{message}"):
             jaxgmm.load(tmp_path / name)
     np.save(tmp_path / "array.npy", np.zeros(3))
     with pytest.raises(ValueError, match="not an .npz archive"):
         jaxgmm.load(tmp_path / "array.npy")
+    jaxgmm.save(tmp_path / "good.npz", params)
+    raw = bytearray((tmp_path / "good.npz").read_bytes())
+    raw[raw.find(b"means.npy") + 150] ^= 0xFF  # inside the means member: a CRC error
+    (tmp_path / "flipped.npz").write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="not a readable jaxgmm model file"):
+        jaxgmm.load(tmp_path / "flipped.npz")
     batch = jax.tree.map(lambda leaf: jnp.stack([leaf, leaf]), params)
     jaxgmm.save(tmp_path / "batch.npz", batch)
     assert jaxgmm.load(tmp_path / "batch.npz").means.shape == (2, 3, 2)
@@ -462,10 +471,17 @@ def test_under_jit_bad_values_are_reported_not_raised():
 
 def test_under_vmap_negative_weights_are_reported():
     X = jnp.asarray(np.random.default_rng(0).normal(size=(30, 2)))
-    weights = jnp.stack([jnp.ones(30), jnp.ones(30).at[4].set(-1.0), jnp.full(30, jnp.nan)])
+    weights = jnp.stack(
+        [
+            jnp.ones(30),
+            jnp.ones(30).at[4].set(-1.0),
+            jnp.full(30, jnp.nan),
+            jnp.ones(30).at[2].set(jnp.inf),
+        ]
+    )
     result = jax.vmap(lambda w: jaxgmm.fit(KEY, X, 2, max_iter=10, sample_weight=w))(weights)
-    np.testing.assert_array_equal(result.converged, [True, False, False])
-    np.testing.assert_array_equal(np.isfinite(result.log_likelihood), [True, False, False])
+    np.testing.assert_array_equal(result.converged, [True, False, False, False])
+    np.testing.assert_array_equal(np.isfinite(result.log_likelihood), [True, False, False, False])
 
 
 # --- degenerate data -------------------------------------------------------------------------

@@ -270,10 +270,12 @@ def fit(
     far from the origin; components that are very narrow against the spread of the data
     (clusters hundreds of their own standard deviations apart) still lose accuracy in
     float32, and an eager float32 fit then warns (``RuntimeWarning``). An eager fit whose
-    start has a non-finite log-likelihood raises ``ValueError``. A component that loses all
-    its samples keeps a weight of ``10 eps / sum(sample_weight)``, the data mean as its mean
-    and ``reg_covar * I`` as its covariance; a covariance that is numerically not positive
-    definite is replaced by its (clamped) diagonal plus ``reg_covar``.
+    start has a non-finite log-likelihood raises ``ValueError``. For these two checks an
+    eager call waits for the fit to finish; under ``jit`` or ``vmap`` nothing waits. A
+    component that loses all its samples keeps a weight of ``10 eps / sum(sample_weight)``,
+    the data mean as its mean and ``reg_covar * I`` as its covariance; a covariance that is
+    numerically not positive definite is replaced by its (clamped) diagonal plus
+    ``reg_covar``.
 
     Examples
     --------
@@ -334,15 +336,20 @@ def fit(
         # Unrolled, the loop itself is differentiated. With concrete inputs nothing can
         # differentiate this call: the stop-gradients and the identity that carries the
         # implicit gradient would only cost dispatches.
+        inputs = (key, X, weights, tol, reg_covar, *jax.tree.leaves(init_params))
+        if any(isinstance(a, jax.core.Tracer) for a in inputs):  # e.g. vmap over keys
+            result = _fit_compiled(key, X, weights, tol, reg_covar, init_params, **options)
+            return _flag_invalid_weights(result, weights)
+        # An eager call: read back whether any restart started finite and the float32
+        # rounding estimate with the result (so the call waits for the fit to finish).
         result, outcome = _fit_compiled(
             key, X, weights, tol, reg_covar, init_params, with_outcome=True, **options
         )
-        if validation.is_concrete(outcome):
-            started, nats = np.asarray(outcome).tolist()
-            if not started:
-                _raise_failed_start()
-            rounding.warn_if_imprecise(nats, X.dtype)
-        return _flag_invalid_weights(result, weights)
+        started, nats = np.asarray(outcome).tolist()
+        if not started:
+            _raise_failed_start()
+        rounding.warn_if_imprecise(nats, X.dtype)
+        return result
     stop = jax.lax.stop_gradient
     result = _fit_compiled(
         key, stop(X), stop(weights), tol, stop(reg_covar), init_params, **options
@@ -377,12 +384,12 @@ def _raise_failed_start() -> None:
 
 
 def _flag_invalid_weights(result: FitResult, weights) -> FitResult:
-    """Traced sample weights could not be checked eagerly: a negative or NaN weight makes
+    """Traced sample weights could not be checked eagerly: a negative or non-finite weight makes
     the result report failure (non-finite log-likelihood, ``converged=False``), as NaN data
     do, instead of looking like a converged fit."""
     if not isinstance(weights, jax.core.Tracer):
         return result
-    valid = jnp.all(weights >= 0)
+    valid = jnp.all((weights >= 0) & jnp.isfinite(weights))
     nan = jnp.asarray(jnp.nan, result.log_likelihood.dtype)
     return dataclasses.replace(
         result,

@@ -110,7 +110,9 @@ def _attach_fwd(chunk_size, max_iter, params, log_likelihood, X, weights, reg_co
 def polish_fixed_point(params: GMM, X, weights, reg_covar, chunk_size: int, tol, max_iter: int):
     """EM iterations from ``params`` until one changes the parameters by less than ``tol``
     relative to their size, or ``max_iter`` iterations: the fixed point that a fit stopped by
-    its own ``tol`` (a test on the log-likelihood) is near but not at."""
+    its own ``tol`` (a test on the log-likelihood) may be short of. The size is taken with the
+    means relative to the data mean, so that translating the data changes nothing."""
+    center = jax.lax.stop_gradient(products.weighted_mean(X, weights))
 
     def keep_going(state):
         _, change, count = state
@@ -120,7 +122,8 @@ def polish_fixed_point(params: GMM, X, weights, reg_covar, chunk_size: int, tol,
         current, _, count = state
         new = em_step(current, X, weights, reg_covar, chunk_size)
         change = _tree_norm(jax.tree.map(jnp.subtract, new, current))
-        return new, change / jnp.maximum(_tree_norm(new), jnp.finfo(tol.dtype).tiny), count + 1
+        size = _tree_norm(cov.shift_means(new, -center))
+        return new, change / jnp.maximum(size, jnp.finfo(tol.dtype).tiny), count + 1
 
     start = (params, jnp.asarray(jnp.inf, tol.dtype), 0)
     polished, _, _ = jax.lax.while_loop(keep_going, iterate, start)

@@ -63,7 +63,7 @@ def rounding_nats(params: GMM, X, weights) -> jax.Array:
 def warn_if_imprecise(nats: float, dtype) -> None:
     """Warn (``RuntimeWarning``) when a float32 fit's log-densities can be off by more than
     ``WARN_NATS`` nats (``nats`` from ``rounding_nats``) through rounding."""
-    if dtype == jnp.float32 and nats > WARN_NATS:
+    if dtype == jnp.float32 and not nats <= WARN_NATS:  # NaN: a singular covariance
         warnings.warn(
             f"float32 rounding can shift this fit's log-densities by about {nats:.2g} nats "
             "(and its covariances by a similar relative amount): some component is very "

@@ -64,8 +64,11 @@ def load(path) -> GMM:
         raise ValueError(f"path {path!r} is not a readable jaxgmm model file: {error}") from None
     if not isinstance(loaded, np.lib.npyio.NpzFile):  # a plain .npy array
         raise ValueError(f"path {path!r} is not a jaxgmm model file (not an .npz archive)")
-    with loaded as archive:
-        contents = {name: archive[name] for name in archive.files}
+    try:
+        with loaded as archive:
+            contents = {name: archive[name] for name in archive.files}
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as error:  # a damaged member
+        raise ValueError(f"path {path!r} is not a readable jaxgmm model file: {error}") from None
     if _text(contents.get("format")) != _FORMAT:
         raise ValueError(f"path {path!r} is not a jaxgmm model file (no jaxgmm format marker)")
     if _text(contents.get("version")) != str(_VERSION):

@@ -235,15 +235,27 @@ def check_params(params, n_features: int | None, name: str = "params", K: int | 
         check_covariance_values(np.asarray(params.covariances), params.covariance_type, name)
 
 
+# Matrices are factored on the host (checking positive definiteness) only up to this many
+# floating-point operations, K D^3 / 3: beyond it (K = 32 at D = 256 takes tens of
+# milliseconds) the check would cost more than the evaluation it guards.
+_HOST_FACTOR_FLOPS = 1 << 24
+
+
 def check_covariance_values(covariances: np.ndarray, covariance_type: str, name: str) -> None:
     """Finite covariances (any leading batch axes) that define a density: positive variances
     (``"diag"``, ``"spherical"``), symmetric positive definite matrices (``"full"``,
-    ``"tied"``; symmetric to 1e-5 of the largest diagonal entry)."""
-    values = np.asarray(covariances, dtype=np.float64)
+    ``"tied"``; symmetric to 1e-5 of the largest diagonal entry, factored in their own dtype
+    as the device will factor them). Matrices too large to check cheaply
+    (``_HOST_FACTOR_FLOPS``) are checked for finiteness only (by ``check_params``)."""
+    values = np.asarray(covariances)
     if covariance_type in ("diag", "spherical"):
         if not np.all(values > 0):
             raise ValueError(f"{name}.covariances must be positive (variances)")
         return
+    if values.size * values.shape[-1] > 3 * _HOST_FACTOR_FLOPS:
+        return
+    dtype = compute_dtype(values.dtype)
+    values = values.astype(dtype if dtype in (np.float32, np.float64) else np.float64)
     scale = np.max(np.abs(np.diagonal(values, axis1=-2, axis2=-1)), initial=0.0)
     if np.max(np.abs(values - np.swapaxes(values, -1, -2)), initial=0.0) > 1e-5 * scale:
         raise ValueError(f"{name}.covariances must be symmetric matrices")
