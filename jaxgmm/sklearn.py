@@ -62,6 +62,11 @@ _START_INIT = "kmeans++"
 _MIN_BUCKET = 64
 _LARGE = 1 << 16  # above this, round up to a multiple of _STEP instead of a power of two
 _STEP = 1 << 14
+_FAILED_START = (
+    "Fitting the mixture model failed: the log-likelihood at the start is not finite (some "
+    "components have singular covariances, for instance from identical samples). Try fewer "
+    "components, or increase reg_covar."
+)
 
 
 def bucket_size(n_samples: int) -> int:
@@ -701,6 +706,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                     profile=profile,
                 )
             state = jax.tree.map(np.asarray, state)
+        if not all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state.params)):
+            raise ValueError(_FAILED_START)
         self._set_params(jax.tree.map(lambda a: np.asarray(a, dtype), state.params))
         self._online_state = state
         self.converged_ = False
@@ -864,11 +871,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             best = int(np.argmax(np.where(np.isfinite(totals), totals, -np.inf)))
             result = jax.tree.map(lambda a: a[best], batch)
         if not np.isfinite(float(result.lower_bound)):
-            raise ValueError(
-                "Fitting the mixture model failed: the log-likelihood at the start is not "
-                "finite (some components have singular covariances, for instance from "
-                "identical samples). Try fewer components, or increase reg_covar."
-            )
+            raise ValueError(_FAILED_START)
         return (
             jax.tree.map(lambda a: np.asarray(a, dtype), result.params),
             float(result.lower_bound),

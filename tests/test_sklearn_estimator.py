@@ -445,6 +445,8 @@ def test_fit_that_cannot_start_says_so():
     # Identical samples, no regularisation: singular covariances from the first E-step.
     with pytest.raises(ValueError, match="increase reg_covar"):
         GaussianMixture(2, reg_covar=0.0, random_state=0).fit(np.ones((30, 2)))
+    with pytest.raises(ValueError, match="increase reg_covar"):
+        GaussianMixture(2, reg_covar=0.0, random_state=0).partial_fit(np.ones((30, 2)))
 
 
 def test_pipeline_and_grid_search(blobs):
