@@ -30,6 +30,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from jaxgmm._src import covariances as cov
+from jaxgmm._src import rounding
 from jaxgmm._src.chunking import auto_chunk_size
 from jaxgmm._src.compile_options import TunedJit, em_work, profile_for
 from jaxgmm._src.em import _centered, weighted_log_densities
@@ -872,6 +873,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             result = jax.tree.map(lambda a: a[best], batch)
         if not np.isfinite(float(result.lower_bound)):
             raise ValueError(_FAILED_START)
+        rounding.check_fitted(result.params, X_padded, sample_weight)
         return (
             jax.tree.map(lambda a: np.asarray(a, dtype), result.params),
             float(result.lower_bound),

@@ -449,6 +449,13 @@ def test_fit_that_cannot_start_says_so():
         GaussianMixture(2, reg_covar=0.0, random_state=0).partial_fit(np.ones((30, 2)))
 
 
+def test_float32_fit_warns_when_rounding_blurs_the_components():
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(0, 1, (250, 1)), rng.normal(1e4, 1, (250, 1))])
+    with pytest.warns(RuntimeWarning, match="float32 rounding"):
+        GaussianMixture(2, random_state=0).fit(X.astype(np.float32))
+
+
 def test_pipeline_and_grid_search(blobs):
     pipe = make_pipeline(StandardScaler(), GaussianMixture(random_state=0))
     folds = KFold(4, shuffle=True, random_state=0)  # blobs are sorted by cluster

@@ -74,3 +74,13 @@ def warn_if_imprecise(nats: float, dtype) -> None:
             RuntimeWarning,
             stacklevel=3,
         )
+
+
+_rounding_nats_compiled = jax.jit(rounding_nats)
+
+
+def check_fitted(params: GMM, X, weights) -> None:
+    """``warn_if_imprecise`` for a mixture fitted outside ``fit`` (the estimator, ``select``):
+    one compiled evaluation of ``rounding_nats``, float32 only."""
+    if X.dtype == jnp.float32:
+        warn_if_imprecise(float(_rounding_nats_compiled(params, X, weights)), X.dtype)

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgmm._src import covariances as cov
-from jaxgmm._src import products, validation
+from jaxgmm._src import products, rounding, validation
 from jaxgmm._src.chunking import auto_chunk_size, chunked_sum
 from jaxgmm._src.compile_options import TunedJit, em_work, profile_for
 from jaxgmm._src.fitting import _fit_compiled
@@ -504,8 +504,10 @@ def select(
     )
     best_kind = covariance_types[t_best]
     best_K = int(Ks[j_best])
+    best_params = jax.tree.map(jnp.asarray, _slice_cell(all_params[best_kind], int(j_best), best_K))
+    rounding.check_fitted(best_params, X, weights)
     return Selection(
-        params=jax.tree.map(jnp.asarray, _slice_cell(all_params[best_kind], int(j_best), best_K)),
+        params=best_params,
         n_components=best_K,
         covariance_type=best_kind,
         criterion=criterion,
