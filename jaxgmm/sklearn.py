@@ -35,7 +35,7 @@ from jaxgmm._src.chunking import auto_chunk_size
 from jaxgmm._src.compile_options import TunedJit, em_work, profile_for
 from jaxgmm._src.em import _centered, weighted_log_densities
 from jaxgmm._src.em_loop import em_pass
-from jaxgmm._src.fitting import _fit_compiled
+from jaxgmm._src.fitting import FAILED_START, _fit_compiled
 from jaxgmm._src.initialization import initialize_centered
 from jaxgmm._src.model import COVARIANCE_TYPES, GMM
 from jaxgmm._src.online import _state_from_params, online_init, online_update
@@ -63,11 +63,6 @@ _START_INIT = "kmeans++"
 _MIN_BUCKET = 64
 _LARGE = 1 << 16  # above this, round up to a multiple of _STEP instead of a power of two
 _STEP = 1 << 14
-_FAILED_START = (
-    "Fitting the mixture model failed: the log-likelihood at the start is not finite (some "
-    "components have singular covariances, for instance from identical samples). Try fewer "
-    "components, or increase reg_covar."
-)
 
 
 def bucket_size(n_samples: int) -> int:
@@ -708,7 +703,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 )
             state = jax.tree.map(np.asarray, state)
         if not all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state.params)):
-            raise ValueError(_FAILED_START)
+            raise ValueError(FAILED_START)
         self._set_params(jax.tree.map(lambda a: np.asarray(a, dtype), state.params))
         self._online_state = state
         self.converged_ = False
@@ -872,7 +867,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             best = int(np.argmax(np.where(np.isfinite(totals), totals, -np.inf)))
             result = jax.tree.map(lambda a: a[best], batch)
         if not np.isfinite(float(result.lower_bound)):
-            raise ValueError(_FAILED_START)
+            raise ValueError(FAILED_START)
         rounding.check_fitted(result.params, X_padded, sample_weight)
         return (
             jax.tree.map(lambda a: np.asarray(a, dtype), result.params),

@@ -347,7 +347,7 @@ def fit(
         )
         started, nats = np.asarray(outcome).tolist()
         if not started:
-            _raise_failed_start()
+            raise ValueError(FAILED_START)
         rounding.warn_if_imprecise(nats, X.dtype)
         return result
     stop = jax.lax.stop_gradient
@@ -370,17 +370,15 @@ def fit(
     return _flag_invalid_weights(result, weights)
 
 
-def _raise_failed_start() -> None:
-    """An eager fit whose every restart had a non-finite log-likelihood from the start (the
-    loop keeps the last finite parameters, so only a start can leave none) raises instead of
-    returning NaN."""
-    raise ValueError(
-        "the fit failed: the log-likelihood at the starting parameters is not finite. "
-        "Singular covariances (identical or too few distinct points per component with "
-        "reg_covar=0: increase reg_covar or use fewer components), or values too large "
-        "for the dtype (squares of float32 overflow above about 1e19: rescale X or use "
-        "float64)"
-    )
+# Raised by an eager fit whose every restart had a non-finite log-likelihood from the start
+# (the loop keeps the last finite parameters, so only a start can leave none), and by the
+# estimator in the same case.
+FAILED_START = (
+    "the fit failed: the log-likelihood at the starting parameters is not finite. Singular "
+    "covariances (identical or too few distinct points per component with reg_covar=0: "
+    "increase reg_covar or use fewer components), or values too large for the dtype "
+    "(squares of float32 overflow above about 1e19: rescale X or use float64)"
+)
 
 
 def _flag_invalid_weights(result: FitResult, weights) -> FitResult:

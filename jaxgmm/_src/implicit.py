@@ -59,6 +59,26 @@ def _tree_norm(tree):
     return jnp.sqrt(sum(jnp.sum(leaf * leaf) for leaf in jax.tree.leaves(tree)))
 
 
+def _iterate_to_fixed_point(update, start, tol, max_iter: int, size=None):
+    """``x <- update(x)`` from ``start`` until a step changes ``x`` by at most ``tol`` relative
+    to ``size(x)`` (default: the norm of ``x``), or ``max_iter`` steps; returns
+    ``(x, steps)``."""
+    size = _tree_norm if size is None else size
+
+    def keep_going(state):
+        _, change, count = state
+        return (count < max_iter) & (change > tol)
+
+    def step(state):
+        current, _, count = state
+        new = update(current)
+        change = _tree_norm(jax.tree.map(jnp.subtract, new, current))
+        return new, change / jnp.maximum(size(new), jnp.finfo(tol.dtype).tiny), count + 1
+
+    x, _, count = jax.lax.while_loop(keep_going, step, (start, jnp.asarray(jnp.inf, tol.dtype), 0))
+    return x, count
+
+
 def solve_adjoint(vjp_theta, rhs, tol, max_iter: int):
     """Solve ``v = rhs + J' v`` by the Neumann series, stopping when the update is below
     ``tol`` relative to ``|v|`` or after ``max_iter`` terms.
@@ -76,21 +96,9 @@ def solve_adjoint(vjp_theta, rhs, tol, max_iter: int):
     v : pytree
     n_terms : Array, shape (), int
     """
-
-    def keep_going(state):
-        _, step, count = state
-        return (count < max_iter) & (step > tol)
-
-    def add_term(state):
-        v, _, count = state
-        new = jax.tree.map(jnp.add, rhs, vjp_theta(v))
-        change = _tree_norm(jax.tree.map(jnp.subtract, new, v))
-        return new, change / jnp.maximum(_tree_norm(new), jnp.finfo(tol.dtype).tiny), count + 1
-
-    v, _, count = jax.lax.while_loop(
-        keep_going, add_term, (rhs, jnp.asarray(jnp.inf, tol.dtype), 0)
+    return _iterate_to_fixed_point(
+        lambda v: jax.tree.map(jnp.add, rhs, vjp_theta(v)), rhs, tol, max_iter
     )
-    return v, count
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -113,20 +121,13 @@ def polish_fixed_point(params: GMM, X, weights, reg_covar, chunk_size: int, tol,
     its own ``tol`` (a test on the log-likelihood) may be short of. The size is taken with the
     means relative to the data mean, so that translating the data changes nothing."""
     center = jax.lax.stop_gradient(products.weighted_mean(X, weights))
-
-    def keep_going(state):
-        _, change, count = state
-        return (count < max_iter) & (change > tol)
-
-    def iterate(state):
-        current, _, count = state
-        new = em_step(current, X, weights, reg_covar, chunk_size)
-        change = _tree_norm(jax.tree.map(jnp.subtract, new, current))
-        size = _tree_norm(cov.shift_means(new, -center))
-        return new, change / jnp.maximum(size, jnp.finfo(tol.dtype).tiny), count + 1
-
-    start = (params, jnp.asarray(jnp.inf, tol.dtype), 0)
-    polished, _, _ = jax.lax.while_loop(keep_going, iterate, start)
+    polished, _ = _iterate_to_fixed_point(
+        lambda p: em_step(p, X, weights, reg_covar, chunk_size),
+        params,
+        tol,
+        max_iter,
+        size=lambda p: _tree_norm(cov.shift_means(p, -center)),
+    )
     return polished
 
 

@@ -98,13 +98,8 @@ def image_features(image, *, spatial_weight: float = 0.0, dtype=np.float32) -> n
     return np.concatenate([colours, coords], axis=1)
 
 
-@jax.jit
-def _bic(params: GMM, X):
-    return bic(params, X)
-
-
-@jax.jit
 def _assign(params: GMM, X):
+    """Most responsible component and ``1 - max responsibility`` of every row."""
     log_resp, _ = e_step(params, X)
     labels = jnp.argmax(log_resp, axis=1)
     uncertainty = 1.0 - jnp.exp(jnp.max(log_resp, axis=1))
@@ -157,7 +152,7 @@ def bic_sweep(
             reg_covar=reg_covar,
             progress=progress,
         )
-        value = float(_bic(result.params, X))
+        value = float(bic(result.params, X))
         bics[int(k)] = value if math.isfinite(value) else math.inf
         results[int(k)] = result
     return bics, results
