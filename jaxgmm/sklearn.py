@@ -616,7 +616,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         Batches should be drawn at random from a stationary distribution (stepwise EM
         assumes it). Rows are padded to the size buckets of ``fit`` in a way that leaves the
         step unchanged, so batches of different sizes in a bucket share a compiled program.
-        Later batches are cast to the dtype of the fitted parameters.
+        Later batches are cast to the dtype of the fitted parameters. In float32 a call warns
+        (``RuntimeWarning``) when rounding can blur the components, judged with the spread
+        of ``X``, as ``fit`` does.
 
         Parameters
         ----------
@@ -704,6 +706,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             state = jax.tree.map(np.asarray, state)
         if not all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state.params)):
             raise ValueError(FAILED_START)
+        rounding.check_spread(state.params, rounding.sample_spread(X), n_samples)
         self._set_params(jax.tree.map(lambda a: np.asarray(a, dtype), state.params))
         self._online_state = state
         self.converged_ = False
@@ -868,7 +871,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             result = jax.tree.map(lambda a: a[best], batch)
         if not np.isfinite(float(result.lower_bound)):
             raise ValueError(FAILED_START)
-        rounding.check_fitted(result.params, X_padded, sample_weight)
+        # The warning names the user's line: _run <- _fit <- fit or fit_predict.
+        rounding.check_fitted(result.params, X_padded, sample_weight, stacklevel=6)
         return (
             jax.tree.map(lambda a: np.asarray(a, dtype), result.params),
             float(result.lower_bound),

@@ -147,6 +147,16 @@ def test_one_shot_iterator_and_progress(stream):
     )
 
 
+def test_float32_online_fit_warns_when_rounding_blurs_the_components():
+    # Two unit-variance clusters 10,000 apart (see test_api): the rows read for the
+    # initialisation give the spread of the stream.
+    rng = np.random.default_rng(0)
+    X = rng.permutation(np.concatenate([rng.normal(0, 1, 500), rng.normal(1e4, 1, 500)]))
+    with pytest.warns(RuntimeWarning, match="float32 rounding") as record:
+        jaxgmm.fit_online(KEY, X.astype(np.float32), 2, batch_size=250, init_size=500)
+    assert record[0].filename == __file__
+
+
 def test_errors_name_the_argument(blobs):
     state = jaxgmm.online_init(KEY, blobs, 3)
     with pytest.raises(ValueError, match="kappa"):

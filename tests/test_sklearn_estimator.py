@@ -452,8 +452,13 @@ def test_fit_that_cannot_start_says_so():
 def test_float32_fit_warns_when_rounding_blurs_the_components():
     rng = np.random.default_rng(0)
     X = np.concatenate([rng.normal(0, 1, (250, 1)), rng.normal(1e4, 1, (250, 1))])
-    with pytest.warns(RuntimeWarning, match="float32 rounding"):
+    with pytest.warns(RuntimeWarning, match="float32 rounding") as record:
         GaussianMixture(2, random_state=0).fit(X.astype(np.float32))
+    assert record[0].filename == __file__  # names the caller's line
+    rng.shuffle(X)
+    with pytest.warns(RuntimeWarning, match="float32 rounding") as record:
+        GaussianMixture(2, random_state=0).partial_fit(X.astype(np.float32))
+    assert record[0].filename == __file__
 
 
 def test_pipeline_and_grid_search(blobs):

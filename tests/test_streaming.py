@@ -1,6 +1,8 @@
 """fit_stream: exact EM over chunks equals the in-memory fit (callable and memmap sources),
 with fit's n_iter / converged / history semantics, no recompiles and clear errors."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -131,11 +133,12 @@ def test_reservoir_sample_is_uniform_without_replacement():
     n = 20_000
     X = np.arange(n, dtype=np.float64)[:, None]
     source = streaming.StreamSource(lambda: (X[i : i + 999] for i in range(0, n, 999)))
-    rows, dim, dtype, mean, sample = streaming.scan_source(
+    rows, dim, dtype, mean, spread, sample = streaming.scan_source(
         source, 2000, np.random.default_rng(0), 512
     )
     assert (rows, dim, dtype) == (n, 1, np.float64)
     np.testing.assert_allclose(mean, [(n - 1) / 2], rtol=1e-14)
+    np.testing.assert_allclose(spread, [np.sqrt((n**2 - 1) / 12)], rtol=1e-12)  # 0..n-1
     values = sample[:, 0]
     assert values.shape == (2000,) and np.unique(values).size == 2000
     assert np.all(np.diff(values) > 0)  # kept in stream order
@@ -144,6 +147,31 @@ def test_reservoir_sample_is_uniform_without_replacement():
     # a sample larger than the data is all of it
     *_, everything = streaming.scan_source(source, 10 * n, np.random.default_rng(0), 512)
     np.testing.assert_array_equal(everything[:, 0], X[:, 0])
+
+
+def _clusters_far_apart(rng):
+    """Two unit-variance 1-D clusters 10,000 apart, shuffled (float64)."""
+    X = np.concatenate([rng.normal(0, 1, 250), rng.normal(1e4, 1, 250)])
+    return rng.permutation(X)
+
+
+def test_float32_stream_warns_when_rounding_blurs_the_components():
+    # As for fit: about eps32 * 5000**2 = 3 nats of rounding in the log-densities. The scan
+    # pass measures the spread that the estimate needs.
+    rng = np.random.default_rng(0)
+    X = _clusters_far_apart(rng)
+    with pytest.warns(RuntimeWarning, match="float32 rounding") as record:
+        jaxgmm.fit_stream(KEY, X.astype(np.float32), 2, batch_size=128)
+    assert record[0].filename == __file__  # names the caller's line
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        jaxgmm.fit_stream(KEY, rng.normal(size=(300, 2)).astype(np.float32), 2, batch_size=128)
+
+
+def test_stream_that_cannot_start_raises():
+    # Identical rows, no regularisation: singular covariances at the start (fit raises too).
+    with pytest.raises(ValueError, match="increase reg_covar"):
+        jaxgmm.fit_stream(KEY, np.ones((64, 2)), 2, batch_size=32, reg_covar=0.0)
 
 
 def test_errors_name_the_argument(data):

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgmm._src import covariances as cov
-from jaxgmm._src import products, validation
+from jaxgmm._src import products, rounding, validation
 from jaxgmm._src.chunking import auto_chunk_size
 from jaxgmm._src.em_loop import em_pass
 from jaxgmm._src.initialization import initialize_centered
@@ -396,7 +396,9 @@ def fit_online(
     Notes
     -----
     The loop over batches is a Python loop (the data arrive from outside JAX); each update is
-    one compiled call. For a state-level API under your own loop or ``lax.scan``, use
+    one compiled call. A float32 fit warns (``RuntimeWarning``) when rounding can blur its
+    components, as ``fit`` does, with the spread of the data taken from the initialisation
+    rows. For a state-level API under your own loop or ``lax.scan``, use
     ``online_init`` and ``online_update``.
 
     Examples
@@ -529,6 +531,8 @@ def fit_online(
     del held
 
     params = state.params
+    # The rows read for the initialisation stand for the stream's spread.
+    rounding.check_spread(params, rounding.sample_spread(first_rows), first_rows.shape[0])
     if final_pass and finite:
         params_c = cov.shift_means(params, -state.center)
         _, total, _ = stream_pass(

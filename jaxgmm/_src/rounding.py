@@ -20,6 +20,7 @@ import warnings
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxgmm._src import products
 from jaxgmm._src.model import GMM
@@ -45,6 +46,20 @@ def rounding_nats(params: GMM, X, weights) -> jax.Array:
     """
     center = products.weighted_mean(X, weights)
     spread = jnp.sqrt(products.weighted_mean((X - center) ** 2, weights))  # (D,)
+    holds_a_sample = params.weights * jnp.sum(weights) >= jnp.max(weights)
+    return _nats(params, spread, holds_a_sample, X.dtype)
+
+
+def spread_rounding_nats(params: GMM, spread, n_samples) -> jax.Array:
+    """``rounding_nats`` for data known by their per-feature standard deviations ``spread``
+    (shape (D,)) and number of (unit-weight) samples: streams, whose rows are never in
+    memory at once. In the dtype of ``params``."""
+    dtype = params.means.dtype
+    holds_a_sample = params.weights * n_samples >= 1
+    return _nats(params, jnp.asarray(spread, dtype), holds_a_sample, dtype)
+
+
+def _nats(params: GMM, spread, holds_a_sample, dtype) -> jax.Array:
     kind = params.covariance_type
     covariances = params.covariances
     if kind in ("full", "tied"):
@@ -55,14 +70,14 @@ def rounding_nats(params: GMM, X, weights) -> jax.Array:
         per_component = jnp.sum(spread**2 / covariances, axis=-1)
     else:
         per_component = jnp.sum(spread**2) / covariances
-    holds_a_sample = params.weights * jnp.sum(weights) >= jnp.max(weights)
     worst = jnp.max(jnp.where(holds_a_sample, per_component, 0.0))
-    return jnp.finfo(X.dtype).eps * worst
+    return jnp.finfo(dtype).eps * worst
 
 
-def warn_if_imprecise(nats: float, dtype) -> None:
+def warn_if_imprecise(nats: float, dtype, stacklevel: int = 3) -> None:
     """Warn (``RuntimeWarning``) when a float32 fit's log-densities can be off by more than
-    ``WARN_NATS`` nats (``nats`` from ``rounding_nats``) through rounding."""
+    ``WARN_NATS`` nats (``nats`` from ``rounding_nats``) through rounding. ``stacklevel`` as
+    for ``warnings.warn`` (the default names the caller of the caller)."""
     if dtype == jnp.float32 and not nats <= WARN_NATS:  # NaN: a singular covariance
         warnings.warn(
             f"float32 rounding can shift this fit's log-densities by about {nats:.2g} nats "
@@ -72,15 +87,32 @@ def warn_if_imprecise(nats: float, dtype) -> None:
             "(jax.config.update('jax_enable_x64', True), X.astype('float64')) for accurate "
             "parameters.",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
 
 
 _rounding_nats_compiled = jax.jit(rounding_nats)
+_spread_rounding_nats_compiled = jax.jit(spread_rounding_nats)
 
 
-def check_fitted(params: GMM, X, weights) -> None:
+def check_fitted(params: GMM, X, weights, stacklevel: int = 4) -> None:
     """``warn_if_imprecise`` for a mixture fitted outside ``fit`` (the estimator, ``select``):
     one compiled evaluation of ``rounding_nats``, float32 only."""
     if X.dtype == jnp.float32:
-        warn_if_imprecise(float(_rounding_nats_compiled(params, X, weights)), X.dtype)
+        nats = float(_rounding_nats_compiled(params, X, weights))
+        warn_if_imprecise(nats, X.dtype, stacklevel)
+
+
+def check_spread(params: GMM, spread, n_samples: int, stacklevel: int = 4) -> None:
+    """``warn_if_imprecise`` for a float32 mixture fitted to streamed data, known by their
+    per-feature standard deviations ``spread`` (shape (D,)) and number of samples (compiled
+    once per shape of ``params``)."""
+    dtype = params.means.dtype
+    if dtype == jnp.float32:
+        nats = _spread_rounding_nats_compiled(params, np.asarray(spread, dtype), n_samples)
+        warn_if_imprecise(float(nats), dtype, stacklevel)
+
+
+def sample_spread(rows: np.ndarray) -> np.ndarray:
+    """Per-feature standard deviation of ``rows`` (shape (n, D)), in float64, shape (D,)."""
+    return np.std(np.asarray(rows, np.float64), axis=0)

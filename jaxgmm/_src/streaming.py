@@ -18,9 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgmm._src import covariances as cov
-from jaxgmm._src import validation
+from jaxgmm._src import rounding, validation
 from jaxgmm._src.chunking import auto_chunk_size
 from jaxgmm._src.em_loop import em_pass
+from jaxgmm._src.fitting import FAILED_START
 from jaxgmm._src.initialization import initialize_centered
 from jaxgmm._src.model import GMM, FitResult
 
@@ -182,6 +183,9 @@ def scan_source(source: StreamSource, sample_size: int, rng: np.random.Generator
     dtype : numpy dtype
         The computation dtype.
     mean : ndarray, shape (D,), float64
+    spread : ndarray, shape (D,), float64
+        The per-feature standard deviation (sums taken around the first row, which keeps
+        them accurate for data far from the origin).
     sample : ndarray, shape (min(sample_size, n_rows), D)
         A uniform random sample without replacement (bottom-k of uniform random keys), in the
         order the rows arrived.
@@ -190,6 +194,8 @@ def scan_source(source: StreamSource, sample_size: int, rng: np.random.Generator
     n_features = None
     dtype = None
     total = None
+    squares = None
+    shift = None
     sample = None
     sample_keys = np.empty((0,))
     sample_order = np.empty((0,), np.int64)
@@ -201,6 +207,7 @@ def scan_source(source: StreamSource, sample_size: int, rng: np.random.Generator
             if n_features == 0:
                 raise ValueError(f"{source.name} has D = 0 features")
             total = np.zeros((n_features,), np.float64)
+            squares = np.zeros((n_features,), np.float64)
             sample = np.empty((0, n_features), dtype)
         n = chunk.shape[0]
         if n == 0:
@@ -208,7 +215,11 @@ def scan_source(source: StreamSource, sample_size: int, rng: np.random.Generator
         chunk64 = chunk.astype(np.float64, copy=False)
         if not np.all(np.isfinite(chunk64)):
             raise ValueError(f"{source.name} contains NaN or infinite values")
-        total += chunk64.sum(axis=0)
+        if shift is None:
+            shift = chunk64[0].copy()
+        shifted = chunk64 - shift
+        total += shifted.sum(axis=0)
+        squares += np.einsum("nd,nd->d", shifted, shifted)
         if sample_size > 0:
             keys = rng.random(n)
             keep = np.arange(n)
@@ -229,7 +240,9 @@ def scan_source(source: StreamSource, sample_size: int, rng: np.random.Generator
         n_rows += n
     if n_rows == 0:
         raise ValueError(f"{source.name} is empty: it yielded no rows")
-    return n_rows, n_features, dtype, total / n_rows, sample
+    mean_shifted = total / n_rows
+    spread = np.sqrt(np.maximum(squares / n_rows - mean_shifted**2, 0.0))
+    return n_rows, n_features, dtype, shift + mean_shifted, spread, sample
 
 
 def numpy_rng(key) -> np.random.Generator:
@@ -360,12 +373,16 @@ def fit_stream(
 
     Notes
     -----
-    The first pass counts the rows, computes the data mean (in float64), checks that every
-    value is finite and draws the initialisation sample; the data are centred on that mean
-    inside the compiled update, as ``jaxgmm.fit`` centres them. Then, as in ``fit``, the
-    first EM pass is an E-step at the initial parameters and each later pass an E-step at the
-    parameters of the last M-step, so ``max_iter`` iterations read the source ``max_iter + 2``
-    times.
+    The first pass counts the rows, computes the data mean and per-feature standard deviation
+    (in float64), checks that every value is finite and draws the initialisation sample; the
+    data are centred on that mean inside the compiled update, as ``jaxgmm.fit`` centres them.
+    Then, as in ``fit``, the first EM pass is an E-step at the initial parameters and each
+    later pass an E-step at the parameters of the last M-step, so ``max_iter`` iterations read
+    the source ``max_iter + 2`` times.
+
+    As in an eager ``fit``, a start whose log-likelihood is not finite raises ``ValueError``,
+    and a float32 fit warns (``RuntimeWarning``) when rounding can blur its components
+    (estimated from the standard deviations of the first pass).
 
     The EM loop is a Python loop over passes, not a ``lax.while_loop``: the data live outside
     JAX and are read between compiled steps, so ``fit_stream`` cannot run under ``jit`` or
@@ -399,7 +416,7 @@ def fit_stream(
     key_sample, key_init = jax.random.split(key)
 
     start = time.perf_counter()
-    n_rows, n_features, dtype, mean, sample = scan_source(
+    n_rows, n_features, dtype, mean, spread, sample = scan_source(
         stream, 0 if init_params is not None else sample_size, numpy_rng(key_sample), batch_size
     )
     K = validation.check_n_components(K, n_rows)
@@ -448,10 +465,12 @@ def fit_stream(
         return moments, mean_ll
 
     moments, mean_ll = one_pass(params, "E-step at the start")
+    if not bool(jnp.isfinite(mean_ll)):
+        raise ValueError(FAILED_START)
     history = np.full((max_iter,), np.nan, dtype)
     n_iter = 0
     converged = False
-    stopped = not bool(jnp.isfinite(mean_ll))
+    stopped = False
     while not stopped and n_iter < max_iter:
         new_params = _m_step(moments, covariance_type=covariance_type, reg_covar=reg)
         new_moments, new_mean = one_pass(new_params, f"iteration {n_iter + 1}")
@@ -465,6 +484,7 @@ def fit_stream(
             progress(n_iter, float(new_mean))
         stopped = converged or not finite
 
+    rounding.check_spread(params, spread, n_rows)
     total = mean_ll * n_rows
     return FitResult(
         params=cov.shift_means(params, center),
