@@ -15,10 +15,12 @@ one vector-Jacobian product of one EM iteration.
 
 from __future__ import annotations
 
+import warnings
 from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxgmm._src import covariances as cov
 from jaxgmm._src import products
@@ -62,7 +64,7 @@ def _tree_norm(tree):
 def _iterate_to_fixed_point(update, start, tol, max_iter: int, size=None):
     """``x <- update(x)`` from ``start`` until a step changes ``x`` by at most ``tol`` relative
     to ``size(x)`` (default: the norm of ``x``), or ``max_iter`` steps; returns
-    ``(x, steps)``."""
+    ``(x, settled)``, ``settled`` (bool) whether the last step was within ``tol``."""
     size = _tree_norm if size is None else size
 
     def keep_going(state):
@@ -75,8 +77,9 @@ def _iterate_to_fixed_point(update, start, tol, max_iter: int, size=None):
         change = _tree_norm(jax.tree.map(jnp.subtract, new, current))
         return new, change / jnp.maximum(size(new), jnp.finfo(tol.dtype).tiny), count + 1
 
-    x, _, count = jax.lax.while_loop(keep_going, step, (start, jnp.asarray(jnp.inf, tol.dtype), 0))
-    return x, count
+    start_state = (start, jnp.asarray(jnp.inf, tol.dtype), 0)
+    x, change, _ = jax.lax.while_loop(keep_going, step, start_state)
+    return x, change <= tol
 
 
 def solve_adjoint(vjp_theta, rhs, tol, max_iter: int):
@@ -94,7 +97,8 @@ def solve_adjoint(vjp_theta, rhs, tol, max_iter: int):
     Returns
     -------
     v : pytree
-    n_terms : Array, shape (), int
+    settled : Array, shape (), bool
+        Whether the last term was within ``tol``.
     """
     return _iterate_to_fixed_point(
         lambda v: jax.tree.map(jnp.add, rhs, vjp_theta(v)), rhs, tol, max_iter
@@ -119,16 +123,31 @@ def polish_fixed_point(params: GMM, X, weights, reg_covar, chunk_size: int, tol,
     """EM iterations from ``params`` until one changes the parameters by less than ``tol``
     relative to their size, or ``max_iter`` iterations: the fixed point that a fit stopped by
     its own ``tol`` (a test on the log-likelihood) may be short of. The size is taken with the
-    means relative to the data mean, so that translating the data changes nothing."""
+    means relative to the data mean, so that translating the data changes nothing. Returns
+    ``(params, settled)`` as ``_iterate_to_fixed_point``."""
     center = jax.lax.stop_gradient(products.weighted_mean(X, weights))
-    polished, _ = _iterate_to_fixed_point(
+    return _iterate_to_fixed_point(
         lambda p: em_step(p, X, weights, reg_covar, chunk_size),
         params,
         tol,
         max_iter,
         size=lambda p: _tree_norm(cov.shift_means(p, -center)),
     )
-    return polished
+
+
+def _warn_if_unsettled(polished, solved, max_iter: int) -> None:
+    """Host side of the backward pass: warn when the polishing or the adjoint series stopped
+    at its cap (``polished``, ``solved``: bool arrays, one entry per fit under ``vmap``)."""
+    if not (np.all(polished) and np.all(solved)):
+        part = "EM" if not np.all(polished) else "the adjoint series"
+        warnings.warn(
+            f"the implicit gradient of fit may be inaccurate: {part} had not settled within "
+            f"adjoint_tol after adjoint_max_iter = {max_iter} iterations. EM converges slowly "
+            "near this fit (components that overlap heavily, or more components than the "
+            "data support): raise adjoint_max_iter, or fit fewer components.",
+            RuntimeWarning,
+            stacklevel=1,  # called back from the compiled backward pass: no user frame
+        )
 
 
 def _attach_bwd(chunk_size, max_iter, residuals, cotangents):
@@ -137,7 +156,7 @@ def _attach_bwd(chunk_size, max_iter, residuals, cotangents):
     # The implicit function theorem holds at the fixed point; the default stopping rule
     # (a change of the mean log-likelihood below 1e-3) can leave a slowly converging fit
     # visibly short of it, so the gradient is taken at the polished fixed point.
-    params = polish_fixed_point(params, X, weights, reg_covar, chunk_size, tol, max_iter)
+    params, polished = polish_fixed_point(params, X, weights, reg_covar, chunk_size, tol, max_iter)
     _, ll_vjp = jax.vjp(
         lambda p, x, w: total_log_likelihood(p, x, w, chunk_size), params, X, weights
     )
@@ -147,7 +166,8 @@ def _attach_bwd(chunk_size, max_iter, residuals, cotangents):
     # is that of the regularised fixed point.
     rhs = jax.tree.map(jnp.add, g_params, ll_params)
     _, step_vjp = jax.vjp(lambda p: em_step(p, X, weights, reg_covar, chunk_size), params)
-    v, _ = solve_adjoint(lambda u: step_vjp(u)[0], rhs, tol, max_iter)
+    v, solved = solve_adjoint(lambda u: step_vjp(u)[0], rhs, tol, max_iter)
+    jax.debug.callback(partial(_warn_if_unsettled, max_iter=max_iter), polished, solved)
     _, data_vjp = jax.vjp(
         lambda x, w, r: em_step(params, x, w, r, chunk_size), X, weights, reg_covar
     )
