@@ -183,7 +183,7 @@ def fit(
     progress=None,
     gradient: str = "implicit",
     adjoint_tol=None,
-    adjoint_max_iter: int = 1000,
+    adjoint_max_iter: int = 10_000,
     n_candidates: int | None = None,
     candidate_iter: int = 20,
 ) -> FitResult:
@@ -243,8 +243,9 @@ def fit(
         Relative tolerance of the fixed-point polishing and of the Neumann series (default
         ``1e-10`` in float64, ``1e-5`` in float32).
     adjoint_max_iter : int
-        Cap on the number of polishing iterations, and on the number of Neumann terms; the
-        backward pass warns (``RuntimeWarning``) when either stops at the cap unsettled.
+        Cap on the number of polishing iterations, and on the number of Neumann terms (each
+        costs about one EM iteration, and runs only while needed); the backward pass warns
+        (``RuntimeWarning``) when either stops at the cap unsettled.
     n_candidates : int, optional
         Screen starting points before the restarts (short-EM, "em-EM"): draw
         ``n_candidates >= n_init`` starts with ``init``, run ``candidate_iter`` EM iterations
