@@ -61,29 +61,47 @@ def run_em_batchable(
                 lambda *a: plain(*a[:5], active=a[5]), in_axes=tuple(axes)
             )(*args)  # fmt: skip
             return outputs, jax.tree.map(lambda _: True, outputs)
-        broadcast = [
-            jax.tree.map(
-                lambda a, b: a if b else jnp.broadcast_to(a, (batch,) + jnp.shape(a)), arg, flag
-            )
-            for arg, flag in zip(args, in_batched)
-        ]
-        outputs = _compacted(*broadcast, sizes=sizes, max_iter=max_iter, chunk_size=chunk_size)
+        params0 = jax.tree.map(
+            lambda a, b: a if b else jnp.broadcast_to(a, (batch,) + jnp.shape(a)),
+            params0,
+            in_batched[0],
+        )
+        # Data shared by every fit (unit weights, one tol) stay unbatched: no (batch, N)
+        # copies to read in every pass.
+        data_axes = tuple(jax.tree.map(lambda b: 0 if b else None, flag) for flag in in_batched[1:])
+        outputs = _compacted(
+            params0, *args[1:], data_axes=data_axes, sizes=sizes, max_iter=max_iter,
+            chunk_size=chunk_size,
+        )  # fmt: skip
         return outputs, jax.tree.map(lambda _: True, outputs)
 
     return loop(params0, xc, weights, tol, reg_covar, active)
 
 
-def _compacted(params0, xc, weights, tol, reg_covar, active, *, sizes, max_iter, chunk_size):
-    """The EM loops of a batch of fits (every argument with a leading batch axis), each
-    iteration run on the smallest slot size in ``sizes`` that holds the fits still running."""
+def _compacted(
+    params0, xc, weights, tol, reg_covar, active, *, data_axes, sizes, max_iter, chunk_size
+):
+    """The EM loops of a batch of fits (``params0`` with a leading batch axis, the data
+    ``(xc, weights, tol, reg_covar, active)`` batched along the axes ``data_axes``: 0 or
+    None per leaf), each iteration run on the smallest slot size in ``sizes`` that holds the
+    fits still running."""
     batch = sizes[0]
     data = (xc, weights, tol, reg_covar, active)
-    state = jax.vmap(lambda p, x, w: em_start(p, x, w, max_iter, chunk_size))(params0, xc, weights)
+    state = jax.vmap(
+        lambda p, x, w: em_start(p, x, w, max_iter, chunk_size), in_axes=(0, *data_axes[:2])
+    )(params0, xc, weights)
 
     def iterate(state, data):
         return jax.vmap(
-            lambda s, x, w, t, r, a: em_iteration(s, x, w, t, r, chunk_size, a)
-        )(state, *data)  # fmt: skip
+            lambda s, x, w, t, r, a: em_iteration(s, x, w, t, r, chunk_size, a),
+            in_axes=(0, *data_axes),
+        )(state, *data)
+
+    def take(rows, data):
+        return tuple(
+            jax.tree.map(lambda a, axis: a if axis is None else a[rows], part, axes)
+            for part, axes in zip(data, data_axes)
+        )
 
     def running(state):
         return jax.vmap(lambda s: em_running(s, max_iter))(state)
@@ -100,8 +118,7 @@ def _compacted(params0, xc, weights, tol, reg_covar, active, *, sizes, max_iter,
         # results are dropped by the scatter.
         index = jnp.nonzero(running(state), size=size, fill_value=batch)[0]
         rows = jnp.minimum(index, batch - 1)
-        taken = jax.tree.map(lambda a: a[rows], (state, data))
-        new = iterate(*taken)
+        new = iterate(jax.tree.map(lambda a: a[rows], state), take(rows, data))
         return jax.tree.map(lambda a, n: a.at[index].set(n, mode="drop"), state, new)
 
     branches = [whole_batch] + [functools.partial(slots, size) for size in sizes[1:]]
@@ -112,4 +129,4 @@ def _compacted(params0, xc, weights, tol, reg_covar, active, *, sizes, max_iter,
         return jax.lax.switch(jnp.sum(count <= thresholds), branches, state)
 
     state = jax.lax.while_loop(lambda s: jnp.any(running(s)), step, state)
-    return jax.vmap(em_outputs)(state, weights)
+    return jax.vmap(em_outputs, in_axes=(0, data_axes[1]))(state, weights)
