@@ -168,6 +168,20 @@ def test_implicit_gradient_warns_when_the_fixed_point_is_not_reached():
 
     with pytest.warns(RuntimeWarning, match="adjoint_max_iter = 20"):
         jax.block_until_ready(jax.grad(capped)(jnp.asarray(X)))
+    # Under vmap the flags are reduced over the batch first: one warning (one host callback)
+    # for the whole batch, not one per data set.
+    batch = jnp.stack([jnp.asarray(X), jnp.asarray(X) + 0.1, jnp.asarray(X) * 1.1])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        jax.block_until_ready(jax.grad(lambda b: jnp.sum(jax.vmap(capped)(b)))(batch))
+    assert [str(w.message).count("adjoint_max_iter = 20") for w in caught] == [1]
+    # A fit that failed (NaN data under jit) is not a slow fixed point: its gradient is NaN,
+    # with no warning about settling.
+    X[3, 0] = np.nan
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        g = jax.block_until_ready(jax.jit(jax.grad(capped))(jnp.asarray(X)))
+    assert caught == [] and np.all(np.isnan(g))
 
 
 def test_gradient_option_is_checked(data):

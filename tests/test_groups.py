@@ -117,3 +117,23 @@ def test_compacted_batch_equals_single_fits_and_differentiates():
     ]
     np.testing.assert_allclose(grad[0], single_grads[0], rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(grad[19], single_grads[1], rtol=1e-8, atol=1e-10)
+
+
+def test_compacted_batch_with_per_group_weights_and_tol():
+    """The batched loop with data, sample weights and tol all batched (the other tests share
+    unit weights and one tol): every group is still its own weighted single fit."""
+    n_groups = 20  # more than 16: the compacted loop
+    data = jnp.asarray(make_groups_data(n_groups, N, K, seed=7))
+    rng = np.random.default_rng(7)
+    weights = jnp.asarray(rng.uniform(0.5, 2.0, (n_groups, N)))
+    tols = jnp.asarray(rng.choice([1e-2, 1e-4, 1e-6], n_groups))
+    keys = jax.random.split(jax.random.key(2), n_groups)
+    fit_weighted = jax.jit(jax.vmap(lambda k, x, w, t: jaxgmm.fit(k, x, K, sample_weight=w, tol=t)))
+    result = fit_weighted(keys, data, weights, tols)
+    n_iter = np.asarray(result.n_iter)
+    assert n_iter.max() > n_iter.min() + 2
+    for g in range(n_groups):
+        single = jaxgmm.fit(keys[g], data[g], K, sample_weight=weights[g], tol=tols[g])
+        assert int(result.n_iter[g]) == int(single.n_iter), g
+        np.testing.assert_allclose(result.params.means[g], single.params.means, rtol=1e-10)
+        np.testing.assert_allclose(result.log_likelihood[g], single.log_likelihood, rtol=1e-12)

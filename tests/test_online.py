@@ -2,6 +2,7 @@
 padding, non-finite batches, and convergence near the batch solution on a stationary stream."""
 
 import itertools
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -155,6 +156,11 @@ def test_float32_online_fit_warns_when_rounding_blurs_the_components():
     with pytest.warns(RuntimeWarning, match="float32 rounding") as record:
         jaxgmm.fit_online(KEY, X.astype(np.float32), 2, batch_size=250, init_size=500)
     assert record[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # ordinary clusters: no warning
+        ordinary = np.concatenate([rng.normal(size=(500, 2)), rng.normal(size=(500, 2)) + 5])
+        ordinary = rng.permutation(ordinary).astype(np.float32)
+        jaxgmm.fit_online(KEY, ordinary, 2, batch_size=250, init_size=500)
 
 
 def test_errors_name_the_argument(blobs):

@@ -459,6 +459,10 @@ def test_float32_fit_warns_when_rounding_blurs_the_components():
     with pytest.warns(RuntimeWarning, match="float32 rounding") as record:
         GaussianMixture(2, random_state=0).partial_fit(X.astype(np.float32))
     assert record[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # ordinary clusters: no warning
+        ordinary = np.concatenate([rng.normal(size=(200, 2)), rng.normal(size=(200, 2)) + 5])
+        GaussianMixture(2, random_state=0).partial_fit(ordinary.astype(np.float32))
 
 
 def test_pipeline_and_grid_search(blobs):

@@ -20,7 +20,6 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxgmm._src import covariances as cov
 from jaxgmm._src import products
@@ -64,7 +63,8 @@ def _tree_norm(tree):
 def _iterate_to_fixed_point(update, start, tol, max_iter: int, size=None):
     """``x <- update(x)`` from ``start`` until a step changes ``x`` by at most ``tol`` relative
     to ``size(x)`` (default: the norm of ``x``), or ``max_iter`` steps; returns
-    ``(x, settled)``, ``settled`` (bool) whether the last step was within ``tol``."""
+    ``(x, settled)``, ``settled`` (bool) whether the last step was within ``tol`` (or not
+    finite)."""
     size = _tree_norm if size is None else size
 
     def keep_going(state):
@@ -79,7 +79,9 @@ def _iterate_to_fixed_point(update, start, tol, max_iter: int, size=None):
 
     start_state = (start, jnp.asarray(jnp.inf, tol.dtype), 0)
     x, change, _ = jax.lax.while_loop(keep_going, step, start_state)
-    return x, change <= tol
+    # A non-finite step (a fit that failed: NaN parameters) is not a slow fixed point; its
+    # gradient is NaN, which says so itself.
+    return x, (change <= tol) | ~jnp.isfinite(change)
 
 
 def solve_adjoint(vjp_theta, rhs, tol, max_iter: int):
@@ -137,9 +139,9 @@ def polish_fixed_point(params: GMM, X, weights, reg_covar, chunk_size: int, tol,
 
 def _warn_if_unsettled(polished, solved, max_iter: int) -> None:
     """Host side of the backward pass: warn when the polishing or the adjoint series stopped
-    at its cap (``polished``, ``solved``: bool arrays, one entry per fit under ``vmap``)."""
-    if not (np.all(polished) and np.all(solved)):
-        part = "EM" if not np.all(polished) else "the adjoint series"
+    at its cap (``polished``, ``solved``: bool scalars, already reduced over any ``vmap``)."""
+    if not (polished and solved):
+        part = "EM" if not polished else "the adjoint series"
         warnings.warn(
             f"the implicit gradient of fit may be inaccurate: {part} had not settled within "
             f"adjoint_tol after adjoint_max_iter = {max_iter} iterations. EM converges slowly "
@@ -148,6 +150,24 @@ def _warn_if_unsettled(polished, solved, max_iter: int) -> None:
             RuntimeWarning,
             stacklevel=1,  # called back from the compiled backward pass: no user frame
         )
+
+
+def _report_unsettled(polished, solved, max_iter: int):
+    """One host callback with ``_warn_if_unsettled``; under ``vmap`` the flags are first
+    reduced over the batch (``jnp.all``), so a batch of G fits calls back once, not G times.
+    Returns ``polished & solved``."""
+
+    @jax.custom_batching.custom_vmap
+    def report(polished, solved):
+        jax.debug.callback(partial(_warn_if_unsettled, max_iter=max_iter), polished, solved)
+        return polished & solved
+
+    @report.def_vmap
+    def report_batched(axis_size, in_batched, polished, solved):
+        del axis_size, in_batched
+        return report(jnp.all(polished), jnp.all(solved)), False
+
+    return report(polished, solved)
 
 
 def _attach_bwd(chunk_size, max_iter, residuals, cotangents):
@@ -167,7 +187,7 @@ def _attach_bwd(chunk_size, max_iter, residuals, cotangents):
     rhs = jax.tree.map(jnp.add, g_params, ll_params)
     _, step_vjp = jax.vjp(lambda p: em_step(p, X, weights, reg_covar, chunk_size), params)
     v, solved = solve_adjoint(lambda u: step_vjp(u)[0], rhs, tol, max_iter)
-    jax.debug.callback(partial(_warn_if_unsettled, max_iter=max_iter), polished, solved)
+    _report_unsettled(polished, solved, max_iter)
     _, data_vjp = jax.vjp(
         lambda x, w, r: em_step(params, x, w, r, chunk_size), X, weights, reg_covar
     )

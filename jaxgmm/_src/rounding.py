@@ -103,12 +103,13 @@ def check_fitted(params: GMM, X, weights, stacklevel: int = 4) -> None:
         warn_if_imprecise(nats, X.dtype, stacklevel)
 
 
-def check_spread(params: GMM, spread, n_samples: int, stacklevel: int = 4) -> None:
+def check_spread(params: GMM, spread, n_samples: float, stacklevel: int = 4) -> None:
     """``warn_if_imprecise`` for a float32 mixture fitted to streamed data, known by their
     per-feature standard deviations ``spread`` (shape (D,)) and number of samples (compiled
     once per shape of ``params``)."""
     dtype = params.means.dtype
     if dtype == jnp.float32:
+        n_samples = np.asarray(n_samples, dtype)  # a float: counts above 2**31 fit
         nats = _spread_rounding_nats_compiled(params, np.asarray(spread, dtype), n_samples)
         warn_if_imprecise(float(nats), dtype, stacklevel)
 

@@ -459,7 +459,7 @@ def fit_stream(
                 f"{stream.name} gave {rows} rows in this pass but {n_rows} in the first: "
                 "exact EM needs the same rows on every pass"
             )
-        mean_ll = total / n_rows
+        mean_ll = total / float(n_rows)  # a Python int above 2**31 overflows int32
         if verbose:
             _report(f"{label}: mean log-likelihood {float(mean_ll):.6g}", n_rows, None, t)
         return moments, mean_ll
@@ -484,8 +484,8 @@ def fit_stream(
             progress(n_iter, float(new_mean))
         stopped = converged or not finite
 
-    rounding.check_spread(params, spread, n_rows)
-    total = mean_ll * n_rows
+    rounding.check_spread(params, spread, float(n_rows))
+    total = mean_ll * float(n_rows)
     return FitResult(
         params=cov.shift_means(params, center),
         log_likelihood=total,
