@@ -345,3 +345,13 @@ def test_select_benchmark_runs_and_reports(blobs):
     text = format_select_bench(bench)
     assert "select over K = 1..2 x 1 covariance types" in text
     assert "speed-up over scikit-learn" in text and "(1 thread(s))" in text
+
+
+def test_float32_select_warns_when_rounding_blurs_the_chosen_fit():
+    # Two unit-variance 1-D clusters 10,000 apart (see test_api): select's chosen cell gets
+    # the same float32 rounding check as an eager fit, and the warning names this line.
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(0, 1, 250), rng.normal(1e4, 1, 250)]).astype(np.float32)
+    with pytest.warns(RuntimeWarning, match="float32 rounding") as record:
+        jaxgmm.select(KEY, X, [2], covariance_types=("spherical",), n_init=1)
+    assert record[0].filename == __file__
