@@ -251,6 +251,51 @@ def test_automatic_chunks_are_larger_on_accelerators():
     assert auto_chunk_size(1_000_000, 2145) == cpu  # the tests run on the CPU backend
 
 
+@pytest.mark.parametrize("kind", ["full", "tied"])
+@pytest.mark.parametrize("n_features", [3, 12])
+def test_outer_product_pass_equals_upper_triangle_pass(kind, n_features):
+    from jaxgmm._src import covariances as cov
+    from jaxgmm._src.chunking import Chunking
+    from jaxgmm._src.em_loop import em_pass
+
+    rng = np.random.default_rng(3)
+    xc = jnp.asarray(rng.normal(size=(230, n_features)))
+    weights = jnp.asarray(rng.random(230))
+    params = jaxgmm.init_params(KEY, xc, 4, covariance_type=kind)
+    params_c = cov.shift_means(params, -jnp.mean(xc, axis=0))
+    upper = em_pass(params_c, xc, weights, 47)
+    outer = em_pass(params_c, xc, weights, Chunking(47, outer_products=True))
+    assert outer[0].shape == upper[0].shape == (4, cov.n_feature_columns(kind, n_features))
+    np.testing.assert_allclose(outer[0], upper[0], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(outer[1], upper[1], rtol=1e-13)
+
+
+def test_outer_products_only_for_narrow_pair_passes_on_a_gpu():
+    from jaxgmm._src.products import prefers_outer_products
+
+    assert prefers_outer_products("full", 64, "gpu") and prefers_outer_products("tied", 1, "gpu")
+    assert not prefers_outer_products("full", 65, "gpu")  # e.g. 16 components x 8 restarts
+    assert not prefers_outer_products("diag", 4, "gpu")
+    assert not prefers_outer_products("full", 4, "cpu")
+    assert not prefers_outer_products("full", 4, "tpu")  # not measured there
+    assert not prefers_outer_products("full", 4)  # the tests run on the CPU backend
+
+
+def test_fit_and_its_gradient_with_outer_products_equal_the_default(blobs3d, monkeypatch):
+    from jaxgmm._src import products
+
+    def loss(X):
+        result = jaxgmm.fit(KEY, X, 3, n_init=2, tol=1e-9, max_iter=200)
+        return result.log_likelihood + jnp.sum(result.params.covariances)
+
+    X = jnp.asarray(blobs3d)
+    default = jax.value_and_grad(loss)(X)
+    monkeypatch.setattr(products, "prefers_outer_products", lambda *args, **kwargs: True)
+    outer = jax.value_and_grad(loss)(X)
+    np.testing.assert_allclose(outer[0], default[0], rtol=1e-12)
+    np.testing.assert_allclose(outer[1], default[1], rtol=1e-8, atol=1e-10)
+
+
 # --- composition with jit, vmap and grad --------------------------------------------------
 
 

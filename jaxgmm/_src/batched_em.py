@@ -16,7 +16,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jaxgmm._src.chunking import Chunking
+from jaxgmm._src.chunking import is_sharded
 from jaxgmm._src.em_loop import em_iteration, em_outputs, em_running, em_start, run_em
 
 # Batch sizes shrink by this factor, down to a batch of at most _SMALLEST_SLOTS fits.
@@ -43,7 +43,7 @@ def run_em_batchable(
     iteration of the whole batch costs little more than one of a few fits. With ``progress``
     (one callback per iteration) or data sharded over devices it is ``run_em`` itself.
     """
-    if progress is not None or isinstance(chunk_size, Chunking):
+    if progress is not None or is_sharded(chunk_size):
         return run_em(params0, xc, weights, tol, reg_covar, max_iter, chunk_size, progress, active)
     plain = functools.partial(run_em, max_iter=max_iter, chunk_size=chunk_size)
 

@@ -32,11 +32,24 @@ def auto_chunk_size(n_samples: int, width: int, platform: str | None = None) -> 
 
 
 class Chunking(NamedTuple):
-    """How to split the sample axis: ``shards`` equal blocks (one per device when the data
-    are sharded along samples), each summed in chunks of ``size`` rows."""
+    """How a pass runs over the samples: ``shards`` equal blocks (one per device when the
+    data are sharded along samples), each summed in chunks of ``size`` rows; with
+    ``outer_products``, the E-step pass of a ``"full"`` or ``"tied"`` fit builds its
+    second-order features as all ``D * D`` products (``covariances.outer_features``)."""
 
     size: int
     shards: int = 1
+    outer_products: bool = False
+
+
+def is_sharded(chunk_size) -> bool:
+    """Whether ``chunk_size`` (an int or a ``Chunking``) splits the samples over devices."""
+    return isinstance(chunk_size, Chunking) and chunk_size.shards > 1
+
+
+def uses_outer_products(chunk_size) -> bool:
+    """Whether ``chunk_size`` (an int or a ``Chunking``) asks for outer-product features."""
+    return isinstance(chunk_size, Chunking) and chunk_size.outer_products
 
 
 def sample_shards(X) -> int:

@@ -43,8 +43,12 @@ def n_quadratic_features(covariance_type: str, n_features: int) -> int:
     return n_features
 
 
-def n_feature_columns(covariance_type: str, n_features: int) -> int:
-    """Number ``P = M + D + 1`` of columns of ``features``."""
+def n_feature_columns(covariance_type: str, n_features: int, outer_products: bool = False) -> int:
+    """Number ``P = M + D + 1`` of columns of ``features`` (with ``outer_products``, of the
+    per-sample features of a pass that uses ``outer_features``: ``M = D * D`` for the pair
+    types)."""
+    if outer_products and _is_pair_type(covariance_type):
+        return n_features * n_features + n_features + 1
     return n_quadratic_features(covariance_type, n_features) + n_features + 1
 
 
@@ -68,6 +72,60 @@ def features(xc: jax.Array, covariance_type: str) -> jax.Array:
         quad = xc * xc
     ones = jnp.ones((xc.shape[0], 1), xc.dtype)
     return jnp.concatenate([quad, xc, ones], axis=1)
+
+
+def outer_features(xc: jax.Array) -> jax.Array:
+    """All ``D * D`` second-order products of centred data, ``x x'`` flattened row by row.
+
+    The upper-triangle block of ``features`` holds half of them, but on a GPU its gather
+    runs far below memory bandwidth, while this is one broadcast multiply. Paired with
+    ``outer_quadratic_coefficients`` on the E-step side and ``upper_from_outer`` on the
+    M-step side it gives the same sums as ``features``.
+
+    Parameters
+    ----------
+    xc : Array, shape (n, D)
+
+    Returns
+    -------
+    Array, shape (n, D * D)
+    """
+    return (xc[:, :, None] * xc[:, None, :]).reshape(xc.shape[0], -1)
+
+
+def _outer_to_upper(n_features: int):
+    """For each entry ``(i, j)`` of a flattened ``(D, D)`` matrix: the position of
+    ``(min(i, j), max(i, j))`` in the upper-triangle order of ``features``, shape (D * D,)."""
+    position = np.zeros((n_features, n_features), dtype=np.int32)
+    position[np.triu_indices(n_features)] = np.arange(n_features * (n_features + 1) // 2)
+    return np.maximum(position, position.T).reshape(-1)
+
+
+def outer_quadratic_coefficients(quad: jax.Array, n_features: int) -> jax.Array:
+    """Coefficients on ``outer_features`` equivalent to ``quad`` on the upper triangle.
+
+    Parameters
+    ----------
+    quad : Array, shape (M, K)
+        The second-order rows of ``log_density_coefficients`` (upper-triangle order, an
+        off-diagonal pair counted once with twice its precision entry).
+    n_features : int
+
+    Returns
+    -------
+    Array, shape (D * D, K)
+        An off-diagonal coefficient split evenly between ``(i, j)`` and ``(j, i)``.
+    """
+    i, j = np.indices((n_features, n_features)).reshape(2, -1)
+    half = np.where(i == j, 1.0, 0.5).astype(quad.dtype)
+    return quad[_outer_to_upper(n_features)] * half[:, None]
+
+
+def upper_from_outer(second: jax.Array, n_features: int) -> jax.Array:
+    """Second moments over ``outer_features`` (K, D * D) in the upper-triangle order of
+    ``features`` (K, M): the entries ``(i, j)`` with ``i <= j``."""
+    i, j = np.triu_indices(n_features)
+    return second[:, i * n_features + j]
 
 
 def feature_columns(xc: jax.Array, covariance_type: str) -> list:

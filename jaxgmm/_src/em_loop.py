@@ -11,11 +11,22 @@ import jax.numpy as jnp
 
 from jaxgmm._src import covariances as cov
 from jaxgmm._src import products
-from jaxgmm._src.chunking import chunked_sum
+from jaxgmm._src.chunking import chunked_sum, uses_outer_products
 from jaxgmm._src.model import GMM
 
 
-def em_pass(params_c: GMM, xc, weights, chunk_size: int):
+def _responsibilities(joint, w):
+    """Weighted responsibilities ``w_n gamma_nk`` (n, K) and ``sum_n w_n log p(x_n)`` from
+    the joint log-densities ``joint`` (n, K); one exponential per entry serves both."""
+    peak = jax.lax.stop_gradient(jnp.max(joint, axis=1, keepdims=True))
+    unnormalised = jnp.exp(joint - peak)
+    total = jnp.sum(unnormalised, axis=1, keepdims=True)
+    per_sample = (peak + jnp.log(total))[:, 0]
+    resp = unnormalised * (w[:, None] / total)
+    return resp, jnp.sum(jnp.where(w > 0, w * per_sample, 0.0))
+
+
+def em_pass(params_c: GMM, xc, weights, chunk_size):
     """One fused pass over the data: E-step at ``params_c`` and the M-step statistics.
 
     Parameters
@@ -25,7 +36,9 @@ def em_pass(params_c: GMM, xc, weights, chunk_size: int):
     xc : Array, shape (N, D)
         Centred data.
     weights : Array, shape (N,)
-    chunk_size : int
+    chunk_size : int or Chunking
+        Rows per chunk; a ``Chunking`` may also split the rows over devices or ask for
+        outer-product features (``chunking.Chunking``).
 
     Returns
     -------
@@ -62,19 +75,40 @@ def em_pass(params_c: GMM, xc, weights, chunk_size: int):
 
     def on_chunk(x, w):
         phi = cov.features(x, covariance_type)
-        joint = products.times_coefficients(phi, coefficients)  # (n, K)
-        # One exponential per entry serves both the log-sum-exp and the responsibilities.
-        peak = jax.lax.stop_gradient(jnp.max(joint, axis=1, keepdims=True))
-        unnormalised = jnp.exp(joint - peak)
-        total = jnp.sum(unnormalised, axis=1, keepdims=True)
-        per_sample = (peak + jnp.log(total))[:, 0]
-        resp = unnormalised * (w[:, None] / total)
-        return products.transposed_product(resp, phi), jnp.sum(
-            jnp.where(w > 0, w * per_sample, 0.0)
-        )
+        resp, total = _responsibilities(products.times_coefficients(phi, coefficients), w)
+        return products.transposed_product(resp, phi), total
 
-    small = products.is_small(coefficients.shape[0], n_components)
-    return chunked_sum(on_chunk_small if small else on_chunk, (xc, weights), chunk_size)
+    if products.is_small(coefficients.shape[0], n_components):
+        return chunked_sum(on_chunk_small, (xc, weights), chunk_size)
+    if not (uses_outer_products(chunk_size) and covariance_type in ("full", "tied")):
+        return chunked_sum(on_chunk, (xc, weights), chunk_size)
+
+    # Outer-product features (a GPU layout, see ``products.prefers_outer_products``): the
+    # three blocks of ``features`` as separate products, so that no (n, P) concatenation
+    # is built either, and the second moments folded back to the upper triangle per pass.
+    n_features = xc.shape[1]
+    n_quad = coefficients.shape[0] - n_features - 1
+    quad_coefficients = cov.outer_quadratic_coefficients(coefficients[:n_quad], n_features)
+    linear_coefficients, bias = coefficients[n_quad:-1], coefficients[-1]
+
+    def on_chunk_outer(x, w):
+        outer = cov.outer_features(x)
+        joint = (
+            products.times_coefficients(outer, quad_coefficients)
+            + products.times_coefficients(x, linear_coefficients)
+            + bias
+        )
+        resp, total = _responsibilities(joint, w)
+        sums = (
+            products.transposed_product(resp, outer),
+            products.transposed_product(resp, x),
+            jnp.sum(resp, axis=0),
+        )
+        return sums, total
+
+    (second, first, counts), total = chunked_sum(on_chunk_outer, (xc, weights), chunk_size)
+    second = cov.upper_from_outer(second, n_features)
+    return jnp.concatenate([second, first, counts[:, None]], axis=1), total
 
 
 def _mean_pass(params, xc, weights, total_weight, chunk_size):

@@ -308,13 +308,15 @@ def fit(
         n_candidates, candidate_iter, n_init, init_params
     )
     shards = sample_shards(X)
+    batched_fits = max(n_init, n_candidates or 1)  # restarts or candidates run as one batch
+    outer = products.prefers_outer_products(covariance_type, K * batched_fits)
     if chunk_size is None:
-        width = cov.n_feature_columns(covariance_type, n_features)
+        width = cov.n_feature_columns(covariance_type, n_features, outer_products=outer)
         chunk_size = auto_chunk_size(n_samples // shards, max(width, K))
     else:
         chunk_size = validation.check_positive_int(chunk_size, "chunk_size")
-    if shards > 1:
-        chunk_size = Chunking(chunk_size, shards)
+    if shards > 1 or outer:
+        chunk_size = Chunking(chunk_size, shards, outer)
     if gradient not in ("implicit", "unroll"):
         raise ValueError(f"gradient must be 'implicit' or 'unroll'; got {gradient!r}")
     adjoint_max_iter = validation.check_positive_int(adjoint_max_iter, "adjoint_max_iter")

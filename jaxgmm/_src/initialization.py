@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from jaxgmm._src import covariances as cov
 from jaxgmm._src import products, validation
-from jaxgmm._src.chunking import Chunking, auto_chunk_size, chunked_sum
+from jaxgmm._src.chunking import auto_chunk_size, chunked_sum, is_sharded
 from jaxgmm._src.em import weighted_moments
 from jaxgmm._src.model import GMM
 
@@ -308,7 +308,7 @@ def initialize_centered(
         chunk_size = auto_chunk_size(xc.shape[0], max(width, n_components))
     # Small data read the chosen rows by a gather, unless known to be sharded (inside an
     # outer jit sharding is invisible, but at most 4,096 rows are cheap to gather anyway).
-    gather_rows = not isinstance(chunk_size, Chunking) and xc.shape[0] <= _SMALL_DATA
+    gather_rows = not is_sharded(chunk_size) and xc.shape[0] <= _SMALL_DATA
     choice = (key, xc, weights, n_components, method, active, seeds, gather_rows)
     if method != "random" and products.is_small(width, n_components):
         centers = initial_centers(*choice)
