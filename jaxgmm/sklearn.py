@@ -35,7 +35,7 @@ from jaxgmm._src.chunking import auto_chunk_size
 from jaxgmm._src.compile_options import TunedJit, em_work, profile_for
 from jaxgmm._src.em import _centered, weighted_log_densities
 from jaxgmm._src.em_loop import em_pass
-from jaxgmm._src.fitting import FAILED_START, _fit_compiled
+from jaxgmm._src.fitting import FAILED_START, _fit_compiled, pass_chunking
 from jaxgmm._src.initialization import initialize_centered
 from jaxgmm._src.model import COVARIANCE_TYPES, GMM
 from jaxgmm._src.online import _state_from_params, online_init, online_update
@@ -804,14 +804,20 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         dtype = X.dtype
         n_padded = bucket_size(n_samples)
         X_padded, sample_weight = _pad_rows(X, n_padded)
-        static = dict(
-            n_components=self.n_components,
-            covariance_type=self.covariance_type,
-            chunk_size=_chunk_size(n_padded, n_features, self.n_components, self.covariance_type),
-        )
         progress = _Progress(self.verbose, self.verbose_interval) if self.verbose else None
         user_weights, user_means, user_covariances = user_start
         screen = None if warm else self.n_candidates
+        static = dict(
+            n_components=self.n_components,
+            covariance_type=self.covariance_type,
+            chunk_size=pass_chunking(
+                n_padded,
+                n_features,
+                self.n_components,
+                self.covariance_type,
+                batched_fits=max(n_init, screen or 1),
+            ),
+        )
         if screen is not None and any(a is not None for a in user_start):
             raise ValueError(
                 "n_candidates screens the starts of init_params; it cannot be combined with "

@@ -251,9 +251,19 @@ def test_automatic_chunks_are_larger_on_accelerators():
     assert auto_chunk_size(1_000_000, 2145) == cpu  # the tests run on the CPU backend
 
 
+def _count_outer_features(monkeypatch):
+    """Wrap ``covariances.outer_features`` so that its (trace-time) calls are counted."""
+    from jaxgmm._src import covariances as cov
+
+    calls = []
+    original = cov.outer_features
+    monkeypatch.setattr(cov, "outer_features", lambda xc: calls.append(1) or original(xc))
+    return calls
+
+
 @pytest.mark.parametrize("kind", ["full", "tied"])
 @pytest.mark.parametrize("n_features", [3, 12])
-def test_outer_product_pass_equals_upper_triangle_pass(kind, n_features):
+def test_outer_product_pass_equals_upper_triangle_pass(kind, n_features, monkeypatch):
     from jaxgmm._src import covariances as cov
     from jaxgmm._src.chunking import Chunking
     from jaxgmm._src.em_loop import em_pass
@@ -263,8 +273,11 @@ def test_outer_product_pass_equals_upper_triangle_pass(kind, n_features):
     weights = jnp.asarray(rng.random(230))
     params = jaxgmm.init_params(KEY, xc, 4, covariance_type=kind)
     params_c = cov.shift_means(params, -jnp.mean(xc, axis=0))
+    calls = _count_outer_features(monkeypatch)
     upper = em_pass(params_c, xc, weights, 47)
+    assert not calls
     outer = em_pass(params_c, xc, weights, Chunking(47, outer_products=True))
+    assert calls  # the outer-product path ran
     assert outer[0].shape == upper[0].shape == (4, cov.n_feature_columns(kind, n_features))
     np.testing.assert_allclose(outer[0], upper[0], rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(outer[1], upper[1], rtol=1e-13)
@@ -281,6 +294,22 @@ def test_outer_products_only_for_narrow_pair_passes_on_a_gpu():
     assert not prefers_outer_products("full", 4)  # the tests run on the CPU backend
 
 
+def test_fit_and_the_estimator_ask_for_outer_products_per_batched_columns(blobs, monkeypatch):
+    from jaxgmm._src import products
+    from jaxgmm.sklearn import GaussianMixture
+
+    asked = []
+    monkeypatch.setattr(
+        products, "prefers_outer_products", lambda *args: asked.append(args) or False
+    )
+    jaxgmm.fit(KEY, blobs, 3, n_init=2, max_iter=2)
+    jaxgmm.fit(KEY, blobs, 3, covariance_type="tied", n_init=2, n_candidates=5, max_iter=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # two iterations do not converge
+        GaussianMixture(3, n_init=4, max_iter=2, random_state=0).fit(np.asarray(blobs))
+    assert asked == [("full", 6), ("tied", 15), ("full", 12)]  # K x restarts or candidates
+
+
 def test_fit_and_its_gradient_with_outer_products_equal_the_default(blobs3d, monkeypatch):
     from jaxgmm._src import products
 
@@ -291,7 +320,9 @@ def test_fit_and_its_gradient_with_outer_products_equal_the_default(blobs3d, mon
     X = jnp.asarray(blobs3d)
     default = jax.value_and_grad(loss)(X)
     monkeypatch.setattr(products, "prefers_outer_products", lambda *args, **kwargs: True)
+    calls = _count_outer_features(monkeypatch)
     outer = jax.value_and_grad(loss)(X)
+    assert calls  # the fit and its backward pass ran the outer-product path
     np.testing.assert_allclose(outer[0], default[0], rtol=1e-12)
     np.testing.assert_allclose(outer[1], default[1], rtol=1e-8, atol=1e-10)
 

@@ -18,6 +18,33 @@ from jaxgmm._src.initialization import initialize_centered
 from jaxgmm._src.model import GMM, FitResult
 
 
+def pass_chunking(
+    n_samples: int,
+    n_features: int,
+    n_components: int,
+    covariance_type: str,
+    *,
+    batched_fits: int = 1,
+    chunk_size: int | None = None,
+    shards: int = 1,
+):
+    """The static ``chunk_size`` argument of the EM loop for a fit's shapes.
+
+    Rows per chunk (``chunking.auto_chunk_size`` unless ``chunk_size`` is given), as a
+    ``Chunking`` when the rows are sharded over ``shards`` devices or when the pass should
+    build outer-product features (``products.prefers_outer_products`` for
+    ``n_components * batched_fits`` product columns, ``batched_fits`` being the restarts or
+    screening candidates run as one batch); a plain int otherwise.
+    """
+    outer = products.prefers_outer_products(covariance_type, n_components * batched_fits)
+    if chunk_size is None:
+        width = cov.n_feature_columns(covariance_type, n_features, outer_products=outer)
+        chunk_size = auto_chunk_size(n_samples // shards, max(width, n_components))
+    if shards > 1 or outer:
+        return Chunking(chunk_size, shards, outer)
+    return chunk_size
+
+
 def _screened_starts(candidates, n_keep, n_iter, xc, weights, reg_covar, chunk_size, active):
     """Short-EM screening (the "em-EM" of Biernacki, Celeux and Govaert, 2003): run ``n_iter``
     EM iterations from every candidate start (one batch) and keep the ``n_keep`` starts whose
@@ -307,16 +334,17 @@ def fit(
     n_candidates, candidate_iter = validation.check_candidates(
         n_candidates, candidate_iter, n_init, init_params
     )
-    shards = sample_shards(X)
-    batched_fits = max(n_init, n_candidates or 1)  # restarts or candidates run as one batch
-    outer = products.prefers_outer_products(covariance_type, K * batched_fits)
-    if chunk_size is None:
-        width = cov.n_feature_columns(covariance_type, n_features, outer_products=outer)
-        chunk_size = auto_chunk_size(n_samples // shards, max(width, K))
-    else:
+    if chunk_size is not None:
         chunk_size = validation.check_positive_int(chunk_size, "chunk_size")
-    if shards > 1 or outer:
-        chunk_size = Chunking(chunk_size, shards, outer)
+    chunk_size = pass_chunking(
+        n_samples,
+        n_features,
+        K,
+        covariance_type,
+        batched_fits=max(n_init, n_candidates or 1),
+        chunk_size=chunk_size,
+        shards=sample_shards(X),
+    )
     if gradient not in ("implicit", "unroll"):
         raise ValueError(f"gradient must be 'implicit' or 'unroll'; got {gradient!r}")
     adjoint_max_iter = validation.check_positive_int(adjoint_max_iter, "adjoint_max_iter")
