@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from jaxgmm._src import covariances as cov
 from jaxgmm._src import products
-from jaxgmm._src.chunking import chunked_sum, uses_outer_products
+from jaxgmm._src.chunking import Chunking, chunked_sum, uses_outer_products
 from jaxgmm._src.model import GMM
 
 
@@ -26,7 +26,7 @@ def _responsibilities(joint, w):
     return resp, jnp.sum(jnp.where(w > 0, w * per_sample, 0.0))
 
 
-def em_pass(params_c: GMM, xc, weights, chunk_size):
+def em_pass(params_c: GMM, xc, weights, chunk_size: int | Chunking):
     """One fused pass over the data: E-step at ``params_c`` and the M-step statistics.
 
     Parameters
@@ -133,7 +133,7 @@ class EMState(NamedTuple):
     history: jax.Array  # (max_iter,): mean log-likelihood after each M-step, NaN after
 
 
-def em_start(params0: GMM, xc, weights, max_iter: int, chunk_size: int) -> EMState:
+def em_start(params0: GMM, xc, weights, max_iter: int, chunk_size: int | Chunking) -> EMState:
     """The state before the first M-step: one E-step at ``params0``."""
     moments0, mean0 = _mean_pass(params0, xc, weights, jnp.sum(weights), chunk_size)
     return EMState(
@@ -153,7 +153,14 @@ def em_running(state: EMState, max_iter: int) -> jax.Array:
 
 
 def em_iteration(
-    state: EMState, xc, weights, tol, reg_covar, chunk_size: int, active=None, progress=None
+    state: EMState,
+    xc,
+    weights,
+    tol,
+    reg_covar,
+    chunk_size: int | Chunking,
+    active=None,
+    progress=None,
 ) -> EMState:
     """One M-step then one E-step. A non-finite log-likelihood keeps the previous
     parameters and stops the loop; a change below ``tol`` stops it as converged."""
@@ -183,7 +190,7 @@ def run_em(
     tol,
     reg_covar,
     max_iter: int,
-    chunk_size: int,
+    chunk_size: int | Chunking,
     progress=None,
     active=None,
 ):
@@ -221,7 +228,7 @@ def run_em_unrolled(
     tol,
     reg_covar,
     max_iter: int,
-    chunk_size: int,
+    chunk_size: int | Chunking,
     progress=None,
     active=None,
 ):

@@ -23,11 +23,12 @@ import jax.numpy as jnp
 
 from jaxgmm._src import covariances as cov
 from jaxgmm._src import products
+from jaxgmm._src.chunking import Chunking
 from jaxgmm._src.em_loop import em_pass
 from jaxgmm._src.model import GMM
 
 
-def em_step(params: GMM, X, weights, reg_covar, chunk_size: int) -> GMM:
+def em_step(params: GMM, X, weights, reg_covar, chunk_size: int | Chunking) -> GMM:
     """One EM iteration ``T(params; X, w)``: E-step at ``params``, then the M-step.
 
     Parameters
@@ -49,7 +50,7 @@ def em_step(params: GMM, X, weights, reg_covar, chunk_size: int) -> GMM:
     return cov.shift_means(new, center)
 
 
-def total_log_likelihood(params: GMM, X, weights, chunk_size: int):
+def total_log_likelihood(params: GMM, X, weights, chunk_size: int | Chunking):
     """``sum_n w_n log p(x_n)``, shape (); differentiable."""
     center = products.weighted_mean(X, weights)
     _, total = em_pass(cov.shift_means(params, -center), X - center, weights, chunk_size)
@@ -121,7 +122,9 @@ def _attach_fwd(chunk_size, max_iter, params, log_likelihood, X, weights, reg_co
     return out, (params, X, weights, reg_covar, tol)
 
 
-def polish_fixed_point(params: GMM, X, weights, reg_covar, chunk_size: int, tol, max_iter: int):
+def polish_fixed_point(
+    params: GMM, X, weights, reg_covar, chunk_size: int | Chunking, tol, max_iter: int
+):
     """EM iterations from ``params`` until one changes the parameters by less than ``tol``
     relative to their size, or ``max_iter`` iterations: the fixed point that a fit stopped by
     its own ``tol`` (a test on the log-likelihood) may be short of. The size is taken with the
