@@ -816,6 +816,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 self.n_components,
                 self.covariance_type,
                 batched_fits=max(n_init, screen or 1),
+                itemsize=dtype.itemsize,
             ),
         )
         if screen is not None and any(a is not None for a in user_start):

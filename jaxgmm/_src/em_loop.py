@@ -136,6 +136,12 @@ class EMState(NamedTuple):
 def em_start(params0: GMM, xc, weights, max_iter: int, chunk_size: int | Chunking) -> EMState:
     """The state before the first M-step: one E-step at ``params0``."""
     moments0, mean0 = _mean_pass(params0, xc, weights, jnp.sum(weights), chunk_size)
+    return start_state(params0, moments0, mean0, max_iter)
+
+
+def start_state(params0: GMM, moments0, mean0, max_iter: int) -> EMState:
+    """The state before the first M-step, from the E-step at ``params0`` (``moments0`` (K, P),
+    ``mean0`` the mean log-likelihood per sample)."""
     return EMState(
         params=params0,
         moments=moments0,
@@ -143,7 +149,7 @@ def em_start(params0: GMM, xc, weights, max_iter: int, chunk_size: int | Chunkin
         n_iter=jnp.asarray(0),
         converged=jnp.asarray(False),
         stopped=~jnp.isfinite(mean0),
-        history=jnp.full((max_iter,), jnp.nan, xc.dtype),
+        history=jnp.full((max_iter,), jnp.nan, mean0.dtype),
     )
 
 
@@ -162,11 +168,21 @@ def em_iteration(
     active=None,
     progress=None,
 ) -> EMState:
-    """One M-step then one E-step. A non-finite log-likelihood keeps the previous
-    parameters and stops the loop; a change below ``tol`` stops it as converged."""
-    covariance_type = state.params.covariance_type
-    new_params = cov.params_from_moments(state.moments, covariance_type, reg_covar, active)
+    """One M-step then one E-step (``m_step``, ``em_pass``, then ``advance``)."""
+    new_params = m_step(state, reg_covar, active)
     new_moments, new_mean = _mean_pass(new_params, xc, weights, jnp.sum(weights), chunk_size)
+    return advance(state, new_params, new_moments, new_mean, tol, progress)
+
+
+def m_step(state: EMState, reg_covar, active=None) -> GMM:
+    """The parameters that maximise ``Q`` given the statistics of the last E-step."""
+    return cov.params_from_moments(state.moments, state.params.covariance_type, reg_covar, active)
+
+
+def advance(state: EMState, new_params: GMM, new_moments, new_mean, tol, progress=None) -> EMState:
+    """The state after the M-step to ``new_params`` and the E-step there (``new_moments``,
+    ``new_mean``): a non-finite log-likelihood keeps the previous parameters and stops the
+    loop; a change below ``tol`` stops it as converged."""
     finite = jnp.isfinite(new_mean)
     converged = finite & (jnp.abs(new_mean - state.mean) < tol)
     n_iter = state.n_iter + finite.astype(state.n_iter.dtype)

@@ -12,10 +12,11 @@ from jaxgmm._src import covariances as cov
 from jaxgmm._src import products, rounding, validation
 from jaxgmm._src.batched_em import run_em_batchable
 from jaxgmm._src.chunking import Chunking, auto_chunk_size, sample_shards
-from jaxgmm._src.em_loop import run_em, run_em_unrolled
+from jaxgmm._src.em_loop import run_em_unrolled
 from jaxgmm._src.implicit import attach_implicit_gradients
 from jaxgmm._src.initialization import initialize_centered
 from jaxgmm._src.model import GMM, FitResult
+from jaxgmm._src.wide_pass import prefers_wide_pass
 
 
 def pass_chunking(
@@ -27,6 +28,7 @@ def pass_chunking(
     batched_fits: int = 1,
     chunk_size: int | None = None,
     shards: int = 1,
+    itemsize: int = 4,
 ):
     """The static ``chunk_size`` argument of the EM loop for a fit's shapes.
 
@@ -34,12 +36,19 @@ def pass_chunking(
     ``Chunking`` when the rows are sharded over ``shards`` devices or when the pass should
     build outer-product features (``products.prefers_outer_products`` for
     ``n_components * batched_fits`` product columns, ``batched_fits`` being the restarts or
-    screening candidates run as one batch); a plain int otherwise.
+    screening candidates run as one batch); a plain int otherwise. A batch that runs
+    ``wide_pass.wide_em_pass`` sizes its chunks by bytes (``itemsize`` per element) over
+    ``max(P, n_components * batched_fits)`` columns: float64 restarts at 100,000 x 16 x 16
+    ran about 10% faster with half the float32 rows.
     """
     outer = products.prefers_outer_products(covariance_type, n_components * batched_fits)
     if chunk_size is None:
         width = cov.n_feature_columns(covariance_type, n_features, outer_products=outer)
-        chunk_size = auto_chunk_size(n_samples // shards, max(width, n_components))
+        width = max(width, n_components)
+        wide = shards == 1 and prefers_wide_pass(covariance_type, n_features, n_components)
+        if batched_fits > 1 and wide:
+            width = max(width, n_components * batched_fits) * itemsize // 4
+        chunk_size = auto_chunk_size(n_samples // shards, width)
     if shards > 1 or outer:
         return Chunking(chunk_size, shards, outer)
     return chunk_size
@@ -66,7 +75,9 @@ def _screened_starts(candidates, n_keep, n_iter, xc, weights, reg_covar, chunk_s
     never = jnp.zeros((), xc.dtype)  # tol 0: exactly n_iter iterations
 
     def short_run(params0):
-        return run_em(params0, xc, weights, never, reg_covar, n_iter, chunk_size, None, active)[1]
+        return run_em_batchable(
+            params0, xc, weights, never, reg_covar, n_iter, chunk_size, None, active
+        )[1]
 
     totals = jax.vmap(short_run)(candidates)
     scores = jnp.where(jnp.isfinite(totals), totals, -jnp.inf)
@@ -344,6 +355,7 @@ def fit(
         batched_fits=max(n_init, n_candidates or 1),
         chunk_size=chunk_size,
         shards=sample_shards(X),
+        itemsize=X.dtype.itemsize,
     )
     if gradient not in ("implicit", "unroll"):
         raise ValueError(f"gradient must be 'implicit' or 'unroll'; got {gradient!r}")
