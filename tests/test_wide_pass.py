@@ -1,6 +1,6 @@
-"""Batches of fits that share their data (restarts, screening candidates, a ``vmap`` over
-weights or ``reg_covar``) run one component-major pass for the whole batch on the CPU
-(``jaxgmm._src.wide_pass``); every fit must still equal the fit it would be alone."""
+"""Batches of fits that share their data and weights (restarts, screening candidates, a
+``vmap`` over ``reg_covar`` or ``tol``) run one component-major pass for the whole batch on
+the CPU (``jaxgmm._src.wide_pass``); every fit must still equal the fit it would be alone."""
 
 import jax
 import jax.numpy as jnp
@@ -133,3 +133,40 @@ def test_chunks_of_a_wide_batch_are_sized_by_bytes():
     sharded = pass_chunking(100_000, 16, 16, "full", batched_fits=8, shards=2, itemsize=8)
     assert sharded.size == auto_chunk_size(50_000, 153)
     assert pass_chunking(20_000, 2, 5, "full", batched_fits=8, itemsize=8) == 20_000
+
+
+@pytest.mark.parametrize(
+    "kind, dtype", [("tied", jnp.float64), ("spherical", jnp.float64), ("full", jnp.float32)]
+)
+def test_wide_loop_keeps_every_fit_alone_with_failures_and_padding(data, kind, dtype, monkeypatch):
+    import dataclasses
+
+    from jaxgmm._src.batched_em import run_em_batchable
+    from jaxgmm._src.em_loop import run_em
+
+    calls = _count_wide_passes(monkeypatch)
+    xc = (data - jnp.mean(data, axis=0)).astype(dtype)
+    weights = jnp.ones(xc.shape[0], dtype).at[:3].set(0.0)
+    starts = [jaxgmm.init_params(k, xc, 3, covariance_type=kind) for k in jax.random.split(KEY, 4)]
+    nan_means = starts[1].means.at[0, 0].set(jnp.nan)
+    starts[1] = dataclasses.replace(starts[1], means=nan_means)  # fails at once
+    starts[2] = dataclasses.replace(starts[2], weights=jnp.asarray([0.5, 0.5, 0.0], dtype))
+    params0 = jax.tree.map(lambda *leaves: jnp.stack(leaves), *starts)
+    active = jnp.asarray([[True] * 3, [True] * 3, [True, True, False], [True] * 3])
+    # float32: a fixed number of iterations (a stopping decision can flip with rounding)
+    tol = jnp.asarray([1e-3, 1e-3, 1e-8, 1e-10] if dtype == jnp.float64 else [0.0] * 4, dtype)
+    reg = jnp.asarray([1e-6, 1e-6, 1e-3, 1e-6], dtype)
+    rtol = 1e-10 if dtype == jnp.float64 else 1e-4
+
+    def run(p, t, r, a):
+        return run_em_batchable(p, xc, weights, t, r, 30, 64, None, a)
+
+    batch = jax.jit(jax.vmap(run))(params0, tol, reg, active)
+    assert calls
+    run_alone = jax.jit(lambda p, t, r, a: run_em(p, xc, weights, t, r, 30, 64, None, a))
+    for b, start in enumerate(starts):
+        alone = run_alone(start, tol[b], reg[b], active[b])
+        for got, expected in zip(jax.tree.leaves(batch), jax.tree.leaves(alone)):
+            np.testing.assert_allclose(got[b], expected, rtol=rtol, atol=rtol)  # NaNs alike
+    assert int(batch[2][1]) == 0 and not np.any(np.isfinite(batch[4][1]))  # the failed start
+    assert float(batch[0].weights[2, 2]) == 0.0  # the padding stays empty

@@ -15,13 +15,20 @@ from jaxgmm._src.chunking import Chunking, chunked_sum, uses_outer_products
 from jaxgmm._src.model import GMM
 
 
+def shifted_exponentials(joint, axis: int):
+    """``exp(joint - peak)`` with ``peak`` the maximum over the components' ``axis``, their
+    sum over that axis (kept as an axis of length 1) and the log-sum-exp (axis removed); one
+    exponential per entry serves the responsibilities and the log-likelihood."""
+    peak = jax.lax.stop_gradient(jnp.max(joint, axis=axis, keepdims=True))
+    unnormalised = jnp.exp(joint - peak)
+    total = jnp.sum(unnormalised, axis=axis, keepdims=True)
+    return unnormalised, total, jnp.squeeze(peak + jnp.log(total), axis)
+
+
 def _responsibilities(joint, w):
     """Weighted responsibilities ``w_n gamma_nk`` (n, K) and ``sum_n w_n log p(x_n)`` from
-    the joint log-densities ``joint`` (n, K); one exponential per entry serves both."""
-    peak = jax.lax.stop_gradient(jnp.max(joint, axis=1, keepdims=True))
-    unnormalised = jnp.exp(joint - peak)
-    total = jnp.sum(unnormalised, axis=1, keepdims=True)
-    per_sample = (peak + jnp.log(total))[:, 0]
+    the joint log-densities ``joint`` (n, K)."""
+    unnormalised, total, per_sample = shifted_exponentials(joint, axis=1)
     resp = unnormalised * (w[:, None] / total)
     return resp, jnp.sum(jnp.where(w > 0, w * per_sample, 0.0))
 

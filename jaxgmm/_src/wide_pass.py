@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from jaxgmm._src import covariances as cov
 from jaxgmm._src import products
 from jaxgmm._src.chunking import Chunking, chunked_sum, uses_outer_products
+from jaxgmm._src.em_loop import shifted_exponentials
 from jaxgmm._src.model import GMM
 
 
@@ -72,10 +73,7 @@ def wide_em_pass(params_c: GMM, xc, weights, chunk_size: int | Chunking):
         phi = cov.features(x, covariance_type)  # (n, P)
         joint = jnp.matmul(stacked, phi.T, precision=products.HIGHEST)
         joint = joint.reshape(n_fits, n_components, -1)  # (B, K, n)
-        peak = jax.lax.stop_gradient(jnp.max(joint, axis=1, keepdims=True))
-        unnormalised = jnp.exp(joint - peak)
-        total = jnp.sum(unnormalised, axis=1, keepdims=True)
-        per_sample = (peak + jnp.log(total))[:, 0]  # (B, n)
+        unnormalised, total, per_sample = shifted_exponentials(joint, axis=1)  # per_sample (B, n)
         resp = unnormalised * (w / total)
         moments = jnp.matmul(
             resp.reshape(n_fits * n_components, -1), phi, precision=products.HIGHEST
