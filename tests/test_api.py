@@ -152,6 +152,23 @@ def test_kmeans_plusplus_draws_in_proportion_to_mass(n_samples):
     assert chi2 < dof + 5 * np.sqrt(2 * dof)  # five standard deviations of a chi-square
 
 
+@pytest.mark.parametrize("n_samples", [300, 5000])
+def test_block_search_by_comparison_equals_binary_search(n_samples, monkeypatch):
+    """Few blocks are searched by comparing every block end with every target, many by a
+    binary search: both must pick the same samples."""
+    from jaxgmm._src import initialization
+
+    mass = jnp.asarray(np.random.default_rng(2).random(n_samples) ** 3)
+    keys = jax.random.split(KEY, 500)
+
+    def draws():
+        return jax.vmap(lambda k: initialization._sample_proportional(k, mass, 5))(keys)
+
+    compared = draws()
+    monkeypatch.setattr(initialization, "_COMPARE_ALL_MAX", 0)
+    np.testing.assert_array_equal(draws(), compared)
+
+
 def test_rows_by_gather_equal_rows_by_masked_sum():
     from jaxgmm._src.initialization import _rows
 

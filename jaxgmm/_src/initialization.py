@@ -58,6 +58,8 @@ def _weighted_choice_mass(weights, scores):
 _SAMPLING_BLOCK = 64
 _SMALL_DATA_BLOCK = 16
 _SMALL_DATA = 4096
+# Largest (targets x blocks) comparison matrix for which the search compares all pairs.
+_COMPARE_ALL_MAX = 1 << 16
 
 
 def _sample_proportional(key, mass, n: int) -> jax.Array:
@@ -90,7 +92,10 @@ def _sample_proportional(key, mass, n: int) -> jax.Array:
     # Rounding can put a target at the very top, or in a block's empty tail: fall back to the
     # last block with mass, and to the last sample with mass in the block.
     last_block = jnp.max(jnp.where(block_mass > 0, jnp.arange(n_blocks), 0))
-    block = jnp.minimum(jnp.searchsorted(upper, targets, side="right"), last_block)
+    # A binary search is a loop of tiny steps; for few blocks, counting the block ends at or
+    # below each target (the same index) is one elementwise pass.
+    method = "compare_all" if n * n_blocks <= _COMPARE_ALL_MAX else "scan"
+    block = jnp.minimum(jnp.searchsorted(upper, targets, side="right", method=method), last_block)
     remainder = jnp.maximum(targets - (upper[block] - block_mass[block]), 0.0)
     # Each chosen block's masses through a window of `size` samples that ends inside
     # ``mass``; for the tail block the window starts earlier, and the samples before the block
