@@ -33,9 +33,9 @@ from jaxgmm._src import covariances as cov
 from jaxgmm._src import rounding
 from jaxgmm._src.chunking import auto_chunk_size
 from jaxgmm._src.compile_options import TunedJit, em_work, profile_for
-from jaxgmm._src.em import _centered, weighted_log_densities
+from jaxgmm._src.em import _centered, check_evidence, weighted_log_densities
 from jaxgmm._src.em_loop import em_pass
-from jaxgmm._src.fitting import FAILED_START, _fit_compiled, pass_chunking
+from jaxgmm._src.fitting import _fit_compiled, failed_start, pass_chunking
 from jaxgmm._src.initialization import initialize_centered
 from jaxgmm._src.model import COVARIANCE_TYPES, GMM
 from jaxgmm._src.online import _state_from_params, online_init, online_update
@@ -345,15 +345,19 @@ def _precisions_cholesky(covariances, covariance_type):
     matrices = covariances if covariance_type == "full" else covariances[None]
     eye = np.eye(matrices.shape[-1], dtype=matrices.dtype)
     factors = []
+    ill_defined = ValueError(
+        "Fitting the mixture model failed because some components have ill-defined "
+        "covariance. Try to decrease the number of components, increase reg_covar, "
+        "or scale the input data."
+    )
     for matrix in matrices:
         try:
             lower = np.linalg.cholesky(matrix)
         except np.linalg.LinAlgError:
-            raise ValueError(
-                "Fitting the mixture model failed because some components have ill-defined "
-                "covariance. Try to decrease the number of components, increase reg_covar, "
-                "or scale the input data."
-            ) from None
+            raise ill_defined from None
+        # A numerically singular matrix can factor into NaNs or a zero pivot.
+        if not (np.all(np.isfinite(lower)) and np.all(np.diagonal(lower) > 0)):
+            raise ill_defined
         factors.append(solve_triangular(lower, eye, lower=True).T)
     factors = np.stack(factors).astype(covariances.dtype)
     return factors if covariance_type == "full" else factors[0]
@@ -655,13 +659,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         n_samples, n_features = X.shape
         K, covariance_type = self.n_components, self.covariance_type
         if fitted:
-            expected = _covariance_shape(covariance_type, K, n_features)
-            if self.means_.shape[0] != K or self.covariances_.shape != expected:
-                raise ValueError(
-                    f"n_components = {K} and covariance_type = {covariance_type!r} do not "
-                    f"match the fitted parameters (means_ {self.means_.shape}, covariances_ "
-                    f"{self.covariances_.shape}); call fit, or partial_fit on a new estimator"
-                )
+            self._check_fitted_shapes(n_features, "call fit, or partial_fit on a new estimator")
             dtype = self.means_.dtype
         else:
             if n_samples < K:
@@ -705,7 +703,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 )
             state = jax.tree.map(np.asarray, state)
         if not all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state.params)):
-            raise ValueError(FAILED_START)
+            raise ValueError(failed_start(dtype))
         rounding.check_spread(state.params, rounding.sample_spread(X), n_samples)
         self._set_params(jax.tree.map(lambda a: np.asarray(a, dtype), state.params))
         self._online_state = state
@@ -754,6 +752,23 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             profile=profile,
         )
 
+    def _check_fitted_shapes(self, n_features: int, remedy: str) -> None:
+        """Raise a ``ValueError`` when the fitted parameters, which a call continues from, do
+        not match ``n_components``, ``covariance_type`` and ``X``'s ``n_features``."""
+        K, covariance_type = self.n_components, self.covariance_type
+        expected = _covariance_shape(covariance_type, K, n_features)
+        fitted_type = getattr(self, "_fitted_covariance_type", covariance_type)
+        if (
+            fitted_type != covariance_type
+            or self.means_.shape != (K, n_features)
+            or self.covariances_.shape != expected
+        ):
+            raise ValueError(
+                f"n_components = {K}, covariance_type = {covariance_type!r} and X with "
+                f"{n_features} features do not match the fitted parameters ({fitted_type!r}, "
+                f"means_ {self.means_.shape}, covariances_ {self.covariances_.shape}); {remedy}"
+            )
+
     def _fit(self, X):
         self._check_parameters()
         X = _validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2)
@@ -766,6 +781,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         dtype = X.dtype
         user_start = self._user_start(n_features, dtype)
         warm = bool(self.warm_start) and hasattr(self, "converged_")
+        if warm:
+            self._check_fitted_shapes(n_features, "set warm_start=False to start afresh")
         n_init = 1 if warm else self.n_init
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         if self.verbose:
@@ -877,7 +894,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             best = int(np.argmax(np.where(np.isfinite(totals), totals, -np.inf)))
             result = jax.tree.map(lambda a: a[best], batch)
         if not np.isfinite(float(result.lower_bound)):
-            raise ValueError(FAILED_START)
+            raise ValueError(failed_start(dtype))
         # The warning names the user's line: _run <- _fit <- fit or fit_predict.
         rounding.check_fitted(result.params, X_padded, sample_weight, stacklevel=6)
         return (
@@ -888,6 +905,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         )
 
     def _set_params(self, params: GMM) -> None:
+        self._fitted_covariance_type = self.covariance_type
         self.weights_ = params.weights
         self.means_ = params.means
         self.covariances_ = params.covariances
@@ -918,7 +936,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             # NumPy arguments: the compiled call moves them in one step.
             params = jax.tree.map(lambda a: np.asarray(a, dtype), self._params())
             joint, norm = _log_joint_and_norm(params, X_padded, profile=profile)
-            return np.asarray(joint)[:n_samples], np.asarray(norm)[:n_samples]
+            joint, norm = np.asarray(joint)[:n_samples], np.asarray(norm)[:n_samples]
+        check_evidence(norm, dtype)
+        return joint, norm
 
     def _validate(self, X):
         check_is_fitted(self)

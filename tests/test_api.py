@@ -451,6 +451,11 @@ def test_integer_input_becomes_float(blobs):
         (dict(reg_covar=None), TypeError, "reg_covar"),
         (dict(tol="1e-3"), TypeError, "tol"),
         (dict(key=0), TypeError, "key must be a JAX PRNG key"),
+        (dict(key=jnp.zeros(3, jnp.uint32)), ValueError, "key must be a single PRNG key"),
+        (dict(key=jax.random.split(KEY)), ValueError, "key must be a single PRNG key"),
+        (dict(progress=5), TypeError, "progress"),
+        (dict(adjoint_tol=-1.0), ValueError, "adjoint_tol"),
+        (dict(reg_covar=1e50, X=np.ones((30, 2), np.float32)), ValueError, "reg_covar"),
         (dict(sample_weight=np.array(["a"] * 30)), TypeError, "sample_weight"),
     ],
 )
@@ -472,6 +477,8 @@ def test_m_step_checks_log_resp():
         jaxgmm.m_step(X, np.zeros((20, 2), complex))
     zero_resp = np.stack([np.zeros(20), np.full(20, -np.inf)], axis=1)  # log 1, log 0: valid
     assert np.all(np.isfinite(jaxgmm.m_step(X, zero_resp).means))
+    with pytest.raises(ValueError, match="log_resp is -inf everywhere"):
+        jaxgmm.m_step(X, np.full((20, 2), -np.inf))
 
 
 def test_screening_needs_random_starts(blobs):
@@ -578,6 +585,34 @@ def test_under_vmap_negative_weights_are_reported():
 
 
 # --- degenerate data -------------------------------------------------------------------------
+
+
+def test_failed_start_message_names_the_dtype_limit():
+    from jaxgmm._src.fitting import failed_start
+
+    assert "float32 overflow above about 1.8e19: rescale X or use float64" in failed_start(
+        np.float32
+    )
+    assert "float64 overflow above about 1.3e154: rescale X)" in failed_start(np.float64)
+
+
+def test_evaluation_of_samples_too_far_for_the_dtype_raises():
+    """A sample whose squared distance from the mixture overflows float32 has a NaN
+    log-density (inf - inf in the quadratic form): the eager functions say so, naming X;
+    a far but representable sample gets a finite, very negative log-density."""
+    X = np.random.default_rng(0).normal(size=(30, 2)).astype(np.float32)
+    params = jaxgmm.fit(KEY, X, 2).params
+    far = np.full((2, 2), 1e20, np.float32)
+    for evaluate in (jaxgmm.log_prob, jaxgmm.predict, jaxgmm.predict_proba, jaxgmm.bic):
+        with pytest.raises(ValueError, match="X: the log-density of some samples is NaN"):
+            evaluate(params, far)
+    assert np.all(np.asarray(jaxgmm.log_prob(params, far / 1e3)) < -1e30)
+
+
+def test_params_with_list_leaves_are_rejected_by_name():
+    gmm = jaxgmm.GMM([0.5, 0.5], np.zeros((2, 1)), np.ones((2, 1, 1)), "full")
+    with pytest.raises(TypeError, match="params.weights must be an array"):
+        jaxgmm.log_prob(gmm, np.zeros((3, 1)))
 
 
 def test_eager_fit_that_cannot_start_raises():

@@ -198,6 +198,11 @@ def test_bad_input_names_the_argument(blobs, kwargs, error, word):
         jaxgmm.fit_gradient(jax.random.key(0), blobs, K, **kwargs)
 
 
+def test_failed_start_raises():
+    with pytest.raises(ValueError, match="increase reg_covar"):
+        jaxgmm.fit_gradient(jax.random.key(0), np.ones((20, 2)), 2, n_steps=5, reg_covar=0.0)
+
+
 def test_init_params_mismatch(blobs):
     start = jaxgmm.init_params(jax.random.key(0), blobs, K, covariance_type="diag")
     with pytest.raises(ValueError, match="covariance_type"):
@@ -208,10 +213,16 @@ def test_init_params_mismatch(blobs):
         )
 
 
-def test_runaway_step_size_is_reported_not_hidden():
+def test_runaway_step_size_keeps_the_last_finite_parameters():
     # SGD with step 1e6 drives the log-variances past float32's range once mapped back to
-    # the data's coordinates; the result must not pair those parameters with a finite total.
+    # the data's coordinates: those steps are not taken, and the result is the last finite
+    # mixture with its own (finite) total, reported as not converged.
     X = np.random.default_rng(0).normal(size=(200, 2)).astype(np.float32)
-    result = jaxgmm.fit_gradient(jax.random.key(0), X, 2, optimizer=optax.sgd(1e6), n_steps=50)
-    assert not np.all(np.isfinite(result.params.covariances))
-    assert not np.isfinite(float(result.log_likelihood)) and not bool(result.converged)
+    start = jaxgmm.init_params(jax.random.key(0), X, 2)
+    result = jaxgmm.fit_gradient(
+        jax.random.key(0), X, 2, optimizer=optax.sgd(1e6), n_steps=50, init_params=start
+    )
+    assert int(result.n_iter) < 50 and not bool(result.converged)
+    assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(result.params))
+    total = float(jaxgmm.log_likelihood(result.params, X))
+    np.testing.assert_allclose(float(result.log_likelihood), total, rtol=1e-5)

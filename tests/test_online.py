@@ -189,3 +189,10 @@ def test_errors_name_the_argument(blobs):
         jaxgmm.fit_online(KEY, lambda: iter([]), 3, batch_size=64)
     with pytest.raises(ValueError, match="exceeds"):
         jaxgmm.online_init(KEY, blobs[:2], 3)
+    with pytest.raises(TypeError, match="progress"):
+        jaxgmm.fit_online(KEY, blobs, 3, batch_size=64, progress=3)
+    # Identical rows and no regularisation: the start is singular, as in fit.
+    with pytest.raises(ValueError, match="increase reg_covar"):
+        jaxgmm.online_init(KEY, np.ones((20, 2)), 2, reg_covar=0.0)
+    with pytest.raises(ValueError, match="increase reg_covar"):
+        jaxgmm.fit_online(KEY, np.ones((20, 2)), 2, batch_size=8, reg_covar=0.0)

@@ -447,6 +447,30 @@ def test_fit_that_cannot_start_says_so():
         GaussianMixture(2, reg_covar=0.0, random_state=0).fit(np.ones((30, 2)))
     with pytest.raises(ValueError, match="increase reg_covar"):
         GaussianMixture(2, reg_covar=0.0, random_state=0).partial_fit(np.ones((30, 2)))
+    # Two distinct points per component: the fit converges to rank-one covariances, whose
+    # precisions cannot be formed.
+    two_points = np.repeat([[0.0, 0.0], [1.0, 1.0]], 5, axis=0)
+    with pytest.raises(ValueError, match="ill-defined covariance"):
+        GaussianMixture(2, reg_covar=0.0, random_state=0).fit(two_points)
+
+
+def test_warm_start_checks_the_fitted_parameters(blobs):
+    gm = GaussianMixture(K, warm_start=True, random_state=0).fit(blobs)
+    with pytest.raises(ValueError, match="X with 1 features do not match"):
+        gm.fit(blobs[:, :1])
+    with pytest.raises(ValueError, match="covariance_type = 'diag'"):
+        gm.set_params(covariance_type="diag").fit(blobs)
+    with pytest.raises(ValueError, match=f"n_components = {K + 1}"):
+        gm.set_params(covariance_type="full", n_components=K + 1).fit(blobs)
+    gm.set_params(n_components=K).fit(blobs)  # matching again: continues
+
+
+def test_evaluating_samples_too_far_for_the_dtype_raises(blobs):
+    gm = GaussianMixture(K, random_state=0).fit(blobs)
+    with pytest.raises(ValueError, match="X: the log-density of some samples is NaN"):
+        gm.score(np.full((2, 2), 1e200))
+    with pytest.raises(ValueError, match="X: the log-density of some samples is NaN"):
+        gm.predict(np.full((2, 2), 1e200))
 
 
 def test_float32_fit_warns_when_rounding_blurs_the_components():

@@ -59,7 +59,23 @@ def _log_joint_and_evidence(params: GMM, X) -> tuple[jax.Array, jax.Array]:
 
 def _log_joint(params: GMM, X) -> tuple[jax.Array, jax.Array]:
     """Validate at the eager boundary, then run the compiled core."""
-    return _log_joint_and_evidence(*_prepare(params, X))
+    params, X = _prepare(params, X)
+    joint, evidence = _log_joint_and_evidence(params, X)
+    if validation.is_concrete(evidence):
+        check_evidence(evidence, X.dtype)
+    return joint, evidence
+
+
+def check_evidence(evidence, dtype) -> None:
+    """Raise a ``ValueError`` naming ``X`` when a log-density ``log p(x_n)`` of finite data
+    under valid parameters came out NaN: the expanded quadratic form overflowed."""
+    with jax.ensure_compile_time_eval():
+        failed = bool(jnp.any(jnp.isnan(evidence)))
+    if failed:
+        raise ValueError(
+            "X: the log-density of some samples is NaN: they lie too far from the mixture for "
+            f"the dtype ({validation.overflow_note(dtype)})"
+        )
 
 
 def log_prob(params: GMM, X) -> jax.Array:
@@ -175,7 +191,7 @@ def m_step(
     """
     X = validation.as_data(X, "X")
     validation.check_covariance_type(covariance_type)
-    validation.check_reg_covar(reg_covar)
+    validation.check_reg_covar(reg_covar, X.dtype)
     log_resp = log_resp if isinstance(log_resp, jax.Array) else np.asarray(log_resp)
     if not jnp.issubdtype(log_resp.dtype, jnp.floating):
         raise TypeError(f"log_resp must be a real float array; got dtype {log_resp.dtype}")
@@ -188,8 +204,11 @@ def m_step(
     if validation.is_concrete(log_resp):
         with jax.ensure_compile_time_eval():
             bad = bool(jnp.any(jnp.isnan(log_resp) | (log_resp > 1e-3)))
+            empty = not bool(jnp.any(log_resp > -jnp.inf))
         if bad:  # log responsibilities are at most log(1) = 0 (-inf for zero is fine)
             raise ValueError("log_resp must hold log responsibilities: no NaN, none above 0")
+        if empty:
+            raise ValueError("log_resp is -inf everywhere: no sample is assigned to a component")
     weights = validation.as_sample_weight(sample_weight, X)
     center = products.weighted_mean(X, weights)
     moments = weighted_moments(X - center, weights, jnp.exp(log_resp), covariance_type)

@@ -336,7 +336,7 @@ def fit(
     n_init = validation.check_positive_int(n_init, "n_init")
     max_iter = validation.check_positive_int(max_iter, "max_iter")
     validation.check_tol(tol)
-    validation.check_reg_covar(reg_covar)
+    validation.check_reg_covar(reg_covar, X.dtype)
     weights = validation.as_sample_weight(sample_weight, X)
     if init_params is not None:
         init_params = validation.check_init_params(
@@ -360,6 +360,9 @@ def fit(
     if gradient not in ("implicit", "unroll"):
         raise ValueError(f"gradient must be 'implicit' or 'unroll'; got {gradient!r}")
     adjoint_max_iter = validation.check_positive_int(adjoint_max_iter, "adjoint_max_iter")
+    if adjoint_tol is not None:
+        validation.check_tol(adjoint_tol, "adjoint_tol")
+    validation.check_progress(progress)
     tol = jnp.asarray(tol, X.dtype)
     reg_covar = jnp.asarray(reg_covar, X.dtype)
     options = dict(
@@ -391,7 +394,7 @@ def fit(
         )
         started, nats = np.asarray(outcome).tolist()
         if not started:
-            raise ValueError(FAILED_START)
+            raise ValueError(failed_start(X.dtype))
         rounding.warn_if_imprecise(nats, X.dtype)
         return result
     stop = jax.lax.stop_gradient
@@ -417,12 +420,15 @@ def fit(
 # Raised by an eager fit whose every restart had a non-finite log-likelihood from the start
 # (the loop keeps the last finite parameters, so only a start can leave none), and by the
 # estimator in the same case.
-FAILED_START = (
-    "the fit failed: the log-likelihood at the starting parameters is not finite. Singular "
-    "covariances (identical or too few distinct points per component with reg_covar=0: "
-    "increase reg_covar or use fewer components), or values too large for the dtype "
-    "(squares of float32 overflow above about 1e19: rescale X or use float64)"
-)
+def failed_start(dtype) -> str:
+    """The message of a fit whose log-likelihood was not finite from the start, for data of
+    ``dtype``."""
+    return (
+        "the fit failed: the log-likelihood at the starting parameters is not finite. "
+        "Singular covariances (identical or too few distinct points per component with "
+        "reg_covar=0: increase reg_covar or use fewer components), or values too large for "
+        f"the dtype ({validation.overflow_note(dtype)})"
+    )
 
 
 def _flag_invalid_weights(result: FitResult, weights) -> FitResult:

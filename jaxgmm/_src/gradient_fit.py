@@ -10,6 +10,7 @@ import optax
 
 from jaxgmm._src import products, validation
 from jaxgmm._src.em import log_prob
+from jaxgmm._src.fitting import failed_start
 from jaxgmm._src.initialization import initialize_centered
 from jaxgmm._src.model import GMM, FitResult
 from jaxgmm._src.unconstrained import UnconstrainedGMM, from_unconstrained, to_unconstrained
@@ -146,7 +147,11 @@ def _fit_gradient_core(
         else:
             updates, new_state = optimizer.update(grads, opt_state, u)
         new_u = optax.apply_updates(u, updates)
-        ok = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(new_u) & (index < n_steps)
+        # A step is taken only if everything stays finite, in the optimiser's coordinates and
+        # mapped back to the data's (a runaway step size can overflow only there).
+        mapped = _to_data_coordinates(new_u, center, scale, reg_covar)
+        ok = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(new_u) & _all_finite(mapped)
+        ok = ok & (index < n_steps)
         u = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new_u, u)
         opt_state = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new_state, opt_state)
         return (u, opt_state, n_applied + ok.astype(n_applied.dtype)), (-loss, largest_entry(grads))
@@ -163,8 +168,8 @@ def _fit_gradient_core(
         final_loss, final_grads = value_and_grad(u, X, weights)
         mean, gradient_norm = -final_loss, largest_entry(final_grads)
     params = _to_data_coordinates(u, center, scale, reg_covar)
-    # Parameters that are finite in the optimiser's scaled coordinates can still overflow
-    # when mapped back (a runaway step size): report that as a failed fit.
+    # No step leaves the mapped parameters non-finite, so only a non-finite start can: report
+    # that as a failed fit.
     finite = _all_finite(params)
     converged = jnp.isfinite(mean) & (gradient_norm <= tol) & finite
     total = jnp.where(finite, mean * jnp.sum(weights), jnp.nan)
@@ -259,12 +264,19 @@ def fit_gradient(
         objective each step's gradient was taken of, i.e. the mean per-sample
         log-likelihood at the parameters *before* that step's update -- of the whole data
         set when ``batch_size`` is None, of that step's minibatch otherwise (a noisy
-        estimate). ``n_iter``: updates applied (a step whose objective, gradient or update
-        is not finite is skipped). ``converged``: the final log-likelihood is finite and the
+        estimate). ``n_iter``: updates applied (a step whose objective, gradient, update or
+        resulting mixture is not finite is skipped, so a diverging optimiser leaves the last
+        finite parameters). ``converged``: the final log-likelihood is finite and the
         gradient of the full-data mean log-likelihood with respect to the (standardised)
         unconstrained parameters is at most ``tol`` in every entry, i.e. the result is a
         stationary point to that tolerance. ``all_log_likelihoods``: ``log_likelihood`` with
         shape ``(1,)``.
+
+    Raises
+    ------
+    ValueError
+        In an eager call whose starting parameters have a non-finite log-likelihood (as
+        ``fit``); under ``jit`` the result then has a NaN log-likelihood instead.
 
     Notes
     -----
@@ -304,14 +316,14 @@ def fit_gradient(
         raise TypeError(
             f"optimizer must be an optax.GradientTransformation; got {type(optimizer).__name__}"
         )
-    validation.check_reg_covar(reg_covar)
+    validation.check_reg_covar(reg_covar, X.dtype)
     validation.check_tol(tol)
     weights = validation.as_sample_weight(sample_weight, X)
     if init_params is not None:
         init_params = validation.check_init_params(
             init_params, n_features, K, covariance_type, X.dtype
         )
-    return _fit_gradient_compiled(
+    result = _fit_gradient_compiled(
         key,
         X,
         weights,
@@ -325,3 +337,10 @@ def fit_gradient(
         batch_size=batch_size,
         optimizer=optimizer,
     )
+    # Steps that would leave the parameters non-finite are not taken, so an eager fit can end
+    # non-finite only if it started so. Under jit the NaN log-likelihood reports it.
+    if validation.is_concrete(result.log_likelihood) and not validation.all_finite(
+        result.log_likelihood
+    ):
+        raise ValueError(failed_start(X.dtype))
+    return result

@@ -25,6 +25,7 @@ from jaxgmm._src import covariances as cov
 from jaxgmm._src import products, rounding, validation
 from jaxgmm._src.chunking import auto_chunk_size
 from jaxgmm._src.em_loop import em_pass
+from jaxgmm._src.fitting import failed_start
 from jaxgmm._src.initialization import initialize_centered
 from jaxgmm._src.model import GMM, FitResult
 from jaxgmm._src.streaming import StreamSource, as_rows, compute_dtype, fixed_batches, stream_pass
@@ -126,6 +127,12 @@ def online_init(
     OnlineState
         With ``step = 0``.
 
+    Raises
+    ------
+    ValueError
+        In an eager call whose initial state is not finite (as ``fit``: singular covariances
+        or values too large for the dtype); under ``jit`` its NaNs report the failure.
+
     Examples
     --------
     >>> import jax
@@ -157,13 +164,23 @@ def online_init(
         guess = cov.shift_means(guess, -center)
     statistics, mean_ll = _batch_statistics(guess, xc, weights, chunk_size)
     params_c = cov.params_from_moments(statistics, covariance_type, reg_covar)
-    return OnlineState(
+    state = OnlineState(
         params=cov.shift_means(params_c, center),
         statistics=statistics,
         center=center,
         step=jnp.zeros((), jnp.int32),
         log_likelihood=mean_ll,
     )
+    if validation.is_concrete(mean_ll):  # an eager call (under jit, NaNs report the failure)
+        _check_started(state)
+    return state
+
+
+def _check_started(state: OnlineState) -> None:
+    """Raise the failed-start error when an initial state is not finite."""
+    leaves = [state.log_likelihood, *jax.tree.leaves(state.params)]
+    if not all(validation.all_finite(leaf) for leaf in leaves):
+        raise ValueError(failed_start(state.statistics.dtype))
 
 
 def _state_from_params(params: GMM, reg_covar) -> OnlineState:
@@ -393,6 +410,11 @@ def fit_online(
         runs to the end of the stream; a non-finite batch stops it with ``converged=False``
         and keeps the last finite parameters); ``all_log_likelihoods``, shape (1,).
 
+    Raises
+    ------
+    ValueError
+        When the initial state is not finite (as ``fit``).
+
     Notes
     -----
     The loop over batches is a Python loop (the data arrive from outside JAX); each update is
@@ -420,6 +442,7 @@ def fit_online(
     validation.check_reg_covar(reg_covar)
     _check_step_size(kappa, t0)
     n_epochs = validation.check_positive_int(n_epochs, "n_epochs")
+    validation.check_progress(progress)
     if init_size is None:
         init_size = max(batch_size, 10_000, 100 * K)
     else:
@@ -473,6 +496,7 @@ def fit_online(
         init_params=init_params,
         chunk_size=_chunk_size(first_rows.shape[0], n_features, K, covariance_type, None),
     )
+    _check_started(state)
 
     full_weights = jnp.ones((batch_size,), dtype)
     kappa = jnp.asarray(kappa, dtype)

@@ -15,7 +15,7 @@ from jaxgmm._src import covariances as cov
 from jaxgmm._src import products, rounding, validation
 from jaxgmm._src.chunking import auto_chunk_size, chunked_sum
 from jaxgmm._src.compile_options import TunedJit, em_work, profile_for
-from jaxgmm._src.fitting import FAILED_START, _fit_compiled
+from jaxgmm._src.fitting import _fit_compiled, failed_start
 from jaxgmm._src.initialization import initialize_centered, kmeans_plusplus
 from jaxgmm._src.model import COVARIANCE_TYPES, GMM
 
@@ -492,7 +492,7 @@ def select(
     icl = bic + 2.0 * tables["ent"]
     scores = {"bic": bic, "aic": aic, "icl": icl}[criterion]
     if not np.isfinite(scores).any():
-        raise ValueError(f"every fit failed; {FAILED_START}")
+        raise ValueError(f"every fit failed; {failed_start(dtype)}")
     eligible = np.isfinite(scores) & ~collapsed
     if not eligible.any():
         eligible = np.isfinite(scores)

@@ -21,7 +21,7 @@ from jaxgmm._src import covariances as cov
 from jaxgmm._src import rounding, validation
 from jaxgmm._src.chunking import auto_chunk_size
 from jaxgmm._src.em_loop import em_pass
-from jaxgmm._src.fitting import FAILED_START
+from jaxgmm._src.fitting import failed_start
 from jaxgmm._src.initialization import initialize_centered
 from jaxgmm._src.model import GMM, FitResult
 
@@ -408,6 +408,7 @@ def fit_stream(
     validation.check_tol(tol)
     validation.check_reg_covar(reg_covar)
     K = validation.check_n_components(K, sys.maxsize)  # type and sign; N is checked below
+    validation.check_progress(progress)
     if sample_size is None:
         sample_size = default_sample_size(int(K))
     else:
@@ -466,7 +467,7 @@ def fit_stream(
 
     moments, mean_ll = one_pass(params, "E-step at the start")
     if not bool(jnp.isfinite(mean_ll)):
-        raise ValueError(FAILED_START)
+        raise ValueError(failed_start(dtype))
     history = np.full((max_iter,), np.nan, dtype)
     n_iter = 0
     converged = False

@@ -7,6 +7,7 @@ Every message names the offending argument.
 
 from __future__ import annotations
 
+import functools
 import numbers
 
 import jax
@@ -73,6 +74,15 @@ def all_finite(x) -> bool:
         return bool(jnp.all(jnp.isfinite(x)))
 
 
+def overflow_note(dtype) -> str:
+    """Where squares of ``dtype`` overflow, and what to do, e.g. ``"squares of float32
+    overflow above about 1.8e19: rescale X or use float64"``."""
+    dtype = jnp.dtype(dtype)
+    limit = f"{float(np.sqrt(jnp.finfo(dtype).max)):.1e}".replace("e+", "e")
+    remedy = "rescale X or use float64" if dtype == jnp.float32 else "rescale X"
+    return f"squares of {dtype.name} overflow above about {limit}: {remedy}"
+
+
 def check_covariance_type(covariance_type) -> None:
     if covariance_type not in COVARIANCE_TYPES:
         raise ValueError(
@@ -96,6 +106,14 @@ def check_n_components(K, n_samples: int, name: str = "K") -> int:
     return K
 
 
+@functools.cache
+def _legacy_key_shape(impl: str) -> tuple[int, ...]:
+    """The shape of a legacy ``uint32`` key of the PRNG implementation ``impl``."""
+    del impl  # the cache key: the default implementation in force
+    with jax.ensure_compile_time_eval():
+        return tuple(jax.random.key_data(jax.random.key(0)).shape)
+
+
 def check_key(key, name: str = "key") -> None:
     """A JAX PRNG key: a typed key array (``jax.random.key``) or a legacy ``uint32`` key
     (``jax.random.PRNGKey``); a plain integer seed gets an error that says how to make one."""
@@ -108,6 +126,14 @@ def check_key(key, name: str = "key") -> None:
         raise TypeError(
             f"{name} must be a JAX PRNG key such as jax.random.key(0); got {type(key).__name__}"
             + (f" of dtype {dtype}" if dtype is not None else "")
+        )
+    # One key: shape () when typed, (n,) of uint32 words for the default implementation
+    # when legacy (a batch of keys goes through jax.vmap).
+    words = _legacy_key_shape(jax.config.jax_default_prng_impl)
+    if jnp.shape(key) != (() if typed else words):
+        raise ValueError(
+            f"{name} must be a single PRNG key (shape {() if typed else words}); got shape "
+            f"{jnp.shape(key)}. For several keys, use jax.vmap over them"
         )
 
 
@@ -133,7 +159,8 @@ def check_candidates(n_candidates, candidate_iter, n_init: int, init_params):
     return n_candidates, candidate_iter
 
 
-def _check_non_negative_scalar(value, name: str) -> None:
+def _check_non_negative_scalar(value, name: str) -> float | None:
+    """Check a finite, non-negative real scalar; returns its value when concrete."""
     if isinstance(value, numbers.Real):
         v = float(value)
     else:
@@ -145,18 +172,28 @@ def _check_non_negative_scalar(value, name: str) -> None:
         if jnp.ndim(value) != 0:
             raise ValueError(f"{name} must be a scalar; got shape {jnp.shape(value)}")
         if not is_concrete(value):
-            return
+            return None
         v = float(np.asarray(value))
     if not np.isfinite(v) or v < 0:
         raise ValueError(f"{name} must be finite and >= 0; got {v}")
+    return v
 
 
-def check_reg_covar(reg_covar) -> None:
-    _check_non_negative_scalar(reg_covar, "reg_covar")
+def check_reg_covar(reg_covar, dtype=None) -> None:
+    """A finite, non-negative ``reg_covar``; with ``dtype``, also representable in it."""
+    value = _check_non_negative_scalar(reg_covar, "reg_covar")
+    if dtype is not None and value is not None and value > float(jnp.finfo(dtype).max):
+        raise ValueError(f"reg_covar = {value:g} overflows {jnp.dtype(dtype).name}")
 
 
-def check_tol(tol) -> None:
-    _check_non_negative_scalar(tol, "tol")
+def check_tol(tol, name: str = "tol") -> None:
+    _check_non_negative_scalar(tol, name)
+
+
+def check_progress(progress) -> None:
+    """``progress`` is None or a callable (called as ``progress(iteration, value)``)."""
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be a callable or None; got {progress!r}")
 
 
 def as_sample_weight(sample_weight, X: jax.Array) -> jax.Array:
@@ -205,6 +242,12 @@ def check_params(params, n_features: int | None, name: str = "params", K: int | 
     if not isinstance(params, GMM):
         raise TypeError(f"{name} must be a jaxgmm.GMM; got {type(params).__name__}")
     check_covariance_type(params.covariance_type)
+    for field in ("weights", "means", "covariances"):
+        leaf = getattr(params, field)
+        if not isinstance(leaf, (jax.Array, np.ndarray, np.generic)):
+            raise TypeError(
+                f"{name}.{field} must be an array (jax.numpy or NumPy); got {type(leaf).__name__}"
+            )
     means_shape = jnp.shape(params.means)
     if len(means_shape) != 2:
         raise ValueError(f"{name}.means must have shape (K, D); got {means_shape}")
