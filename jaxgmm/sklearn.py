@@ -198,6 +198,10 @@ def _fit_sklearn_core(
     params_c = cov.shift_means(result.params, -center)
     moments, _ = em_pass(params_c, X - center, weights, chunk_size)
     params = cov.shift_means(cov.params_from_moments(moments, covariance_type, reg_covar), center)
+    # Near-singular covariances (reg_covar=0) can make that M-step non-finite: keep the core's
+    # last finite parameters then, as the core's loop does.
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(params)]))
+    params = jax.tree.map(lambda new, old: jnp.where(finite, new, old), params, result.params)
     return _SklearnFit(params, lower_bound, result.n_iter + 1, result.converged)
 
 
@@ -771,7 +775,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     def _fit(self, X):
         self._check_parameters()
-        X = _validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2)
+        warm = bool(self.warm_start) and hasattr(self, "converged_")
+        # A warm start continues from the fitted parameters: X must keep their features.
+        X = _validate_data(
+            self, X, dtype=[np.float64, np.float32], ensure_min_samples=2, reset=not warm
+        )
         n_samples, n_features = X.shape
         if n_samples < self.n_components:
             raise ValueError(
@@ -780,7 +788,6 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             )
         dtype = X.dtype
         user_start = self._user_start(n_features, dtype)
-        warm = bool(self.warm_start) and hasattr(self, "converged_")
         if warm:
             self._check_fitted_shapes(n_features, "set warm_start=False to start afresh")
         n_init = 1 if warm else self.n_init
@@ -905,26 +912,30 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         )
 
     def _set_params(self, params: GMM) -> None:
+        # The precisions first: if they cannot be formed, the estimator keeps its state.
+        chol = _precisions_cholesky(params.covariances, self.covariance_type)
+        if self.covariance_type == "full":
+            precisions = np.einsum("kij,klj->kil", chol, chol)
+        elif self.covariance_type == "tied":
+            precisions = chol @ chol.T
+        else:
+            precisions = chol**2
         self._fitted_covariance_type = self.covariance_type
         self.weights_ = params.weights
         self.means_ = params.means
         self.covariances_ = params.covariances
-        self.precisions_cholesky_ = _precisions_cholesky(params.covariances, self.covariance_type)
-        if self.covariance_type == "full":
-            chol = self.precisions_cholesky_
-            self.precisions_ = np.einsum("kij,klj->kil", chol, chol)
-        elif self.covariance_type == "tied":
-            self.precisions_ = self.precisions_cholesky_ @ self.precisions_cholesky_.T
-        else:
-            self.precisions_ = self.precisions_cholesky_**2
+        self.precisions_cholesky_ = chol
+        self.precisions_ = precisions
 
     def _params(self) -> GMM:
-        """The fitted mixture as a ``jaxgmm.GMM`` of NumPy arrays."""
-        return GMM(self.weights_, self.means_, self.covariances_, self.covariance_type)
+        """The fitted mixture as a ``jaxgmm.GMM`` of NumPy arrays (of the covariance type it
+        was fitted with, even after ``set_params(covariance_type=...)``)."""
+        fitted_type = getattr(self, "_fitted_covariance_type", self.covariance_type)
+        return GMM(self.weights_, self.means_, self.covariances_, fitted_type)
 
     # --- evaluation
 
-    def _log_joint(self, X):
+    def _log_joint(self, X, for_responsibilities: bool = False):
         """``(log pi_k + log N(x_n | k), log p(x_n))`` as NumPy arrays for validated ``X``."""
         dtype = np.result_type(X.dtype, self.means_.dtype)
         n_samples = X.shape[0]
@@ -937,7 +948,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             params = jax.tree.map(lambda a: np.asarray(a, dtype), self._params())
             joint, norm = _log_joint_and_norm(params, X_padded, profile=profile)
             joint, norm = np.asarray(joint)[:n_samples], np.asarray(norm)[:n_samples]
-        check_evidence(norm, dtype)
+        check_evidence(norm, dtype, for_responsibilities)
         return joint, norm
 
     def _validate(self, X):
@@ -945,7 +956,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         return _validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
 
     def _predict_validated(self, X):
-        return np.argmax(self._log_joint(X)[0], axis=1)
+        return np.argmax(self._log_joint(X, for_responsibilities=True)[0], axis=1)
 
     def predict(self, X):
         """The most probable component of each sample.
@@ -971,7 +982,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         -------
         resp : ndarray, shape (N, K)
         """
-        joint, norm = self._log_joint(self._validate(X))
+        joint, norm = self._log_joint(self._validate(X), for_responsibilities=True)
         return np.exp(joint - norm[:, None])
 
     def score_samples(self, X):

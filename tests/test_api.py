@@ -604,9 +604,30 @@ def test_evaluation_of_samples_too_far_for_the_dtype_raises():
     params = jaxgmm.fit(KEY, X, 2).params
     far = np.full((2, 2), 1e20, np.float32)
     for evaluate in (jaxgmm.log_prob, jaxgmm.predict, jaxgmm.predict_proba, jaxgmm.bic):
-        with pytest.raises(ValueError, match="X: the log-density of some samples is NaN"):
+        with pytest.raises(ValueError, match="X: the log-density of some samples is"):
             evaluate(params, far)
     assert np.all(np.asarray(jaxgmm.log_prob(params, far / 1e3)) < -1e30)
+    # 1-D: the far sample's log-density rounds to -inf, a valid log-density, but its
+    # responsibilities are undefined.
+    params_1d = jaxgmm.fit(KEY, X[:, 0], 2).params
+    assert np.all(np.asarray(jaxgmm.log_prob(params_1d, far[:, 0])) == -np.inf)
+    for evaluate in (jaxgmm.e_step, jaxgmm.predict, jaxgmm.predict_proba):
+        with pytest.raises(ValueError, match="X: the log-density of some samples is not finite"):
+            evaluate(params_1d, far[:, 0])
+
+
+def test_reg_covar_that_overflows_the_dtype_is_rejected_everywhere():
+    X = np.random.default_rng(0).normal(size=(30, 2)).astype(np.float32)
+    calls = (
+        lambda: jaxgmm.init_params(KEY, X, 2, reg_covar=1e50),
+        lambda: jaxgmm.online_init(KEY, X, 2, reg_covar=1e50),
+        lambda: jaxgmm.fit_online(KEY, X, 2, batch_size=10, reg_covar=1e50),
+        lambda: jaxgmm.fit_stream(KEY, X, 2, batch_size=10, reg_covar=1e50),
+        lambda: jaxgmm.select(KEY, X, K=[1, 2], reg_covar=1e50),
+    )
+    for call in calls:
+        with pytest.raises(ValueError, match="reg_covar = 1e\\+50 overflows float32"):
+            call()
 
 
 def test_params_with_list_leaves_are_rejected_by_name():

@@ -226,3 +226,18 @@ def test_runaway_step_size_keeps_the_last_finite_parameters():
     assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(result.params))
     total = float(jaxgmm.log_likelihood(result.params, X))
     np.testing.assert_allclose(float(result.log_likelihood), total, rtol=1e-5)
+
+
+def test_a_step_to_a_singular_mixture_falls_back_to_the_last_finite_objective():
+    # Without regularisation, SGD at step 100 sends a variance to zero: finite parameters
+    # whose log-likelihood is not. The result is the last mixture with a finite objective.
+    X = np.random.default_rng(0).normal(size=(200, 2)).astype(np.float32)
+    start = jaxgmm.init_params(jax.random.key(0), X, 2, reg_covar=0.0)
+    result = jaxgmm.fit_gradient(
+        jax.random.key(0), X, 2, optimizer=optax.sgd(100.0), n_steps=50, reg_covar=0.0,
+        init_params=start,
+    )  # fmt: skip
+    assert int(result.n_iter) < 50 and not bool(result.converged)
+    total = float(jaxgmm.log_likelihood(result.params, X))
+    assert np.isfinite(total)
+    np.testing.assert_allclose(float(result.log_likelihood), total, rtol=1e-5)

@@ -447,30 +447,54 @@ def test_fit_that_cannot_start_says_so():
         GaussianMixture(2, reg_covar=0.0, random_state=0).fit(np.ones((30, 2)))
     with pytest.raises(ValueError, match="increase reg_covar"):
         GaussianMixture(2, reg_covar=0.0, random_state=0).partial_fit(np.ones((30, 2)))
-    # Two distinct points per component: the fit converges to rank-one covariances, whose
-    # precisions cannot be formed.
-    two_points = np.repeat([[0.0, 0.0], [1.0, 1.0]], 5, axis=0)
+
+
+def test_singular_covariances_give_finite_parameters_or_a_clear_error():
+    from jaxgmm.sklearn import _precisions_cholesky
+
+    # A rank-one matrix factors with a zero pivot: no precisions.
     with pytest.raises(ValueError, match="ill-defined covariance"):
-        GaussianMixture(2, reg_covar=0.0, random_state=0).fit(two_points)
+        _precisions_cholesky(np.ones((1, 2, 2)), "full")
+    # Two distinct points per component and no regularisation: the covariances approach
+    # rank one. The estimator must end finite (its last M-step falls back to the core's last
+    # finite parameters) or say why not; never NaN parameters reported as converged.
+    two_points = np.repeat([[0.0, 0.0], [1.0, 1.0]], 5, axis=0)
+    gm = GaussianMixture(2, reg_covar=0.0, random_state=0)
+    try:
+        gm.fit(two_points)
+    except ValueError as error:
+        assert "ill-defined covariance" in str(error) and not hasattr(gm, "means_")
+    else:
+        fitted = (gm.weights_, gm.means_, gm.covariances_, gm.precisions_cholesky_)
+        assert all(np.all(np.isfinite(a)) for a in fitted) and np.isfinite(gm.lower_bound_)
 
 
 def test_warm_start_checks_the_fitted_parameters(blobs):
     gm = GaussianMixture(K, warm_start=True, random_state=0).fit(blobs)
-    with pytest.raises(ValueError, match="X with 1 features do not match"):
+    with pytest.raises(ValueError, match="X has 1 features, but GaussianMixture is expecting 2"):
         gm.fit(blobs[:, :1])
     with pytest.raises(ValueError, match="covariance_type = 'diag'"):
         gm.set_params(covariance_type="diag").fit(blobs)
     with pytest.raises(ValueError, match=f"n_components = {K + 1}"):
         gm.set_params(covariance_type="full", n_components=K + 1).fit(blobs)
     gm.set_params(n_components=K).fit(blobs)  # matching again: continues
+    assert gm.n_features_in_ == 2  # the rejected call did not reset it
+    # Evaluation keeps the covariance type the parameters were fitted with.
+    labels = gm.predict(blobs)
+    np.testing.assert_array_equal(gm.set_params(covariance_type="diag").predict(blobs), labels)
 
 
 def test_evaluating_samples_too_far_for_the_dtype_raises(blobs):
     gm = GaussianMixture(K, random_state=0).fit(blobs)
     with pytest.raises(ValueError, match="X: the log-density of some samples is NaN"):
         gm.score(np.full((2, 2), 1e200))
-    with pytest.raises(ValueError, match="X: the log-density of some samples is NaN"):
+    with pytest.raises(ValueError, match="X: the log-density of some samples is"):
         gm.predict(np.full((2, 2), 1e200))
+    # diag: the far sample's log-density is -inf, a valid score but no responsibilities.
+    diag = GaussianMixture(K, covariance_type="diag", random_state=0).fit(blobs)
+    assert np.all(diag.score_samples(np.full((2, 2), 1e200)) == -np.inf)
+    with pytest.raises(ValueError, match="X: the log-density of some samples is not finite"):
+        diag.predict_proba(np.full((2, 2), 1e200))
 
 
 def test_float32_fit_warns_when_rounding_blurs_the_components():

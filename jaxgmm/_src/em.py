@@ -57,24 +57,34 @@ def _log_joint_and_evidence(params: GMM, X) -> tuple[jax.Array, jax.Array]:
     return joint, jax.nn.logsumexp(joint, axis=1)
 
 
-def _log_joint(params: GMM, X) -> tuple[jax.Array, jax.Array]:
-    """Validate at the eager boundary, then run the compiled core."""
+def _log_joint(params: GMM, X, *, for_responsibilities: bool = False):
+    """Validate at the eager boundary, then run the compiled core; an eager call checks the
+    log-densities (``check_evidence``)."""
     params, X = _prepare(params, X)
     joint, evidence = _log_joint_and_evidence(params, X)
     if validation.is_concrete(evidence):
-        check_evidence(evidence, X.dtype)
+        check_evidence(evidence, X.dtype, for_responsibilities)
     return joint, evidence
 
 
-def check_evidence(evidence, dtype) -> None:
-    """Raise a ``ValueError`` naming ``X`` when a log-density ``log p(x_n)`` of finite data
-    under valid parameters came out NaN: the expanded quadratic form overflowed."""
+def check_evidence(evidence, dtype, for_responsibilities: bool = False) -> None:
+    """Raise a ``ValueError`` naming ``X`` when the log-densities ``log p(x_n)`` (shape (N,))
+    of finite data under finite parameters could not be computed in ``dtype``.
+
+    A NaN means the expanded quadratic form overflowed (inf - inf). ``-inf`` is the correct
+    rounding of a log-density below the dtype's range, so it is an error only for
+    responsibilities (``for_responsibilities``), which it leaves undefined (NaN).
+    """
     with jax.ensure_compile_time_eval():
-        failed = bool(jnp.any(jnp.isnan(evidence)))
+        bad = jnp.isnan(evidence)
+        if for_responsibilities:
+            bad = bad | (evidence == -jnp.inf)
+        failed = bool(jnp.any(bad))
     if failed:
+        what = "not finite" if for_responsibilities else "NaN"
         raise ValueError(
-            "X: the log-density of some samples is NaN: they lie too far from the mixture for "
-            f"the dtype ({validation.overflow_note(dtype)})"
+            f"X: the log-density of some samples is {what}: the distances between them and "
+            f"the mixture's components overflow the dtype ({validation.overflow_note(dtype)})"
         )
 
 
@@ -124,7 +134,7 @@ def e_step(params: GMM, X) -> tuple[jax.Array, jax.Array]:
     mean_log_likelihood : Array, shape ()
         ``(1/N) sum_n log p(x_n)``.
     """
-    joint, per_sample = _log_joint(params, X)
+    joint, per_sample = _log_joint(params, X, for_responsibilities=True)
     return joint - per_sample[:, None], jnp.mean(per_sample)
 
 
@@ -135,7 +145,7 @@ def predict_proba(params: GMM, X) -> jax.Array:
 
 def predict(params: GMM, X) -> jax.Array:
     """Most responsible component of each sample, shape (N,), int."""
-    return jnp.argmax(_log_joint(params, X)[0], axis=1)
+    return jnp.argmax(_log_joint(params, X, for_responsibilities=True)[0], axis=1)
 
 
 def weighted_moments(xc, weights, resp, covariance_type: str, chunk_size: int | None = None):

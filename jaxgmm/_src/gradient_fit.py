@@ -126,7 +126,7 @@ def _fit_gradient_core(
 
     def step(carry, inputs):
         index, step_key = inputs
-        u, opt_state, n_applied = carry
+        u, opt_state, n_applied, last_good = carry
         if batch_size is None:
             xb, wb = X, weights
         else:
@@ -134,6 +134,9 @@ def _fit_gradient_core(
             rows = jnp.minimum(jnp.searchsorted(cdf, draws, side="right"), X.shape[0] - 1)
             xb, wb = X[rows], batch_weights
         loss, grads = value_and_grad(u, xb, wb)
+        # The latest parameters whose objective was finite, and the updates that led there.
+        evaluated = jnp.isfinite(loss) & _all_finite(grads)
+        last_good = jax.tree.map(lambda a, b: jnp.where(evaluated, a, b), (u, n_applied), last_good)
         if isinstance(optimizer, optax.GradientTransformationExtraArgs):
             # Line-search optimisers (e.g. optax.lbfgs) need the objective itself.
             updates, new_state = optimizer.update(
@@ -150,28 +153,39 @@ def _fit_gradient_core(
         # A step is taken only if everything stays finite, in the optimiser's coordinates and
         # mapped back to the data's (a runaway step size can overflow only there).
         mapped = _to_data_coordinates(new_u, center, scale, reg_covar)
-        ok = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(new_u) & _all_finite(mapped)
-        ok = ok & (index < n_steps)
+        ok = evaluated & _all_finite(new_u) & _all_finite(mapped) & (index < n_steps)
         u = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new_u, u)
         opt_state = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new_state, opt_state)
-        return (u, opt_state, n_applied + ok.astype(n_applied.dtype)), (-loss, largest_entry(grads))
+        n_applied = n_applied + ok.astype(n_applied.dtype)
+        return (u, opt_state, n_applied, last_good), (-loss, largest_entry(grads))
 
-    carry0 = (u0, optimizer.init(u0), jnp.asarray(0))
+    carry0 = (u0, optimizer.init(u0), jnp.asarray(0), (u0, jnp.asarray(0)))
     # Full batch: one more pass than updates; the last one only evaluates the objective and
     # its gradient at the returned parameters (one copy of the gradient code, not two).
     n_passes = n_steps + 1 if batch_size is None else n_steps
     inputs = (jnp.arange(n_passes), jax.random.split(batch_key, n_passes))
-    (u, _, n_applied), (history, gradient_sizes) = jax.lax.scan(step, carry0, inputs)
+    (u, _, n_applied, last_good), (history, gradient_sizes) = jax.lax.scan(step, carry0, inputs)
     if batch_size is None:
         mean, gradient_norm, history = history[-1], gradient_sizes[-1], history[:-1]
     else:
         final_loss, final_grads = value_and_grad(u, X, weights)
         mean, gradient_norm = -final_loss, largest_entry(final_grads)
+
+    def evaluate_last_good(_):
+        loss, grads = value_and_grad(last_good[0], X, weights)
+        return last_good[0], -loss, largest_entry(grads), last_good[1]
+
+    # A step can leave finite parameters at which the objective is not (a variance that
+    # underflows to zero): fall back to the last parameters whose objective was finite.
+    reached = jnp.isfinite(mean) & jnp.isfinite(gradient_norm)
+    u, mean, gradient_norm, n_applied = jax.lax.cond(
+        reached, lambda _: (u, mean, gradient_norm, n_applied), evaluate_last_good, None
+    )
     params = _to_data_coordinates(u, center, scale, reg_covar)
-    # No step leaves the mapped parameters non-finite, so only a non-finite start can: report
-    # that as a failed fit.
-    finite = _all_finite(params)
-    converged = jnp.isfinite(mean) & (gradient_norm <= tol) & finite
+    # Only a start whose objective is not finite leaves no finite result: report it as a
+    # failed fit.
+    finite = _all_finite(params) & jnp.isfinite(mean)
+    converged = reached & (gradient_norm <= tol) & finite
     total = jnp.where(finite, mean * jnp.sum(weights), jnp.nan)
     return FitResult(
         params=params,
@@ -259,17 +273,17 @@ def fit_gradient(
     Returns
     -------
     FitResult
-        ``params``: the mixture after the last step. ``log_likelihood``: total (weighted)
+        ``params``: the mixture after the last step taken. ``log_likelihood``: total (weighted)
         log-likelihood of all of ``X`` at ``params``. ``history``, shape ``(n_steps,)``: the
         objective each step's gradient was taken of, i.e. the mean per-sample
         log-likelihood at the parameters *before* that step's update -- of the whole data
         set when ``batch_size`` is None, of that step's minibatch otherwise (a noisy
         estimate). ``n_iter``: updates applied (a step whose objective, gradient, update or
-        resulting mixture is not finite is skipped, so a diverging optimiser leaves the last
-        finite parameters). ``converged``: the final log-likelihood is finite and the
-        gradient of the full-data mean log-likelihood with respect to the (standardised)
-        unconstrained parameters is at most ``tol`` in every entry, i.e. the result is a
-        stationary point to that tolerance. ``all_log_likelihoods``: ``log_likelihood`` with
+        resulting mixture is not finite is skipped, and a diverging optimiser ends at the
+        last parameters whose objective was finite). ``converged``: the final log-likelihood
+        is finite and the gradient of the full-data mean log-likelihood with respect to the
+        (standardised) unconstrained parameters is at most ``tol`` in every entry, i.e. the
+        result is a stationary point to that tolerance. ``all_log_likelihoods``: ``log_likelihood`` with
         shape ``(1,)``.
 
     Raises

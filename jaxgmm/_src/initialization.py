@@ -366,7 +366,7 @@ def init_params(
     validation.check_covariance_type(covariance_type)
     if method not in validation.INIT_METHODS:
         raise ValueError(f"method must be one of {validation.INIT_METHODS}; got {method!r}")
-    validation.check_reg_covar(reg_covar)
+    validation.check_reg_covar(reg_covar, X.dtype)
     weights = jnp.ones((X.shape[0],), X.dtype)
     center = jnp.mean(X, axis=0)
     params = initialize_centered(

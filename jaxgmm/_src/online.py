@@ -148,7 +148,7 @@ def online_init(
     K = validation.check_n_components(K, n_rows)
     validation.check_covariance_type(covariance_type)
     validation.check_init(init)
-    validation.check_reg_covar(reg_covar)
+    validation.check_reg_covar(reg_covar, X.dtype)
     weights = validation.as_sample_weight(sample_weight, X)
     dtype = X.dtype
     reg_covar = jnp.asarray(reg_covar, dtype)
@@ -300,8 +300,8 @@ def online_update(
             f"X has D = {n_features} features but the state has D = {params.n_features}"
         )
     _check_step_size(kappa, t0)
-    validation.check_reg_covar(reg_covar)
     dtype = state.statistics.dtype
+    validation.check_reg_covar(reg_covar, dtype)
     X = X.astype(dtype)
     weights = validation.as_sample_weight(sample_weight, X)
     covariance_type = params.covariance_type
@@ -464,6 +464,7 @@ def fit_online(
         raise ValueError(f"{stream.name} is empty: it yielded no rows")
     n_features = first.shape[1]
     dtype = compute_dtype(first.dtype)
+    validation.check_reg_covar(reg_covar, dtype)
     chunk_size = _chunk_size(batch_size, n_features, K, covariance_type, chunk_size)
 
     def epoch_batches(epoch):

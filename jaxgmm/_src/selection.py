@@ -429,7 +429,7 @@ def select(
     tol = fit_options.get("tol", 1e-3)
     reg_covar = fit_options.get("reg_covar", 1e-6)
     validation.check_tol(tol)
-    validation.check_reg_covar(reg_covar)
+    validation.check_reg_covar(reg_covar, X.dtype)
     chunk_size = fit_options.get("chunk_size")
     if chunk_size is not None:
         chunk_size = validation.check_positive_int(chunk_size, "chunk_size")

@@ -420,6 +420,7 @@ def fit_stream(
     n_rows, n_features, dtype, mean, spread, sample = scan_source(
         stream, 0 if init_params is not None else sample_size, numpy_rng(key_sample), batch_size
     )
+    validation.check_reg_covar(reg_covar, dtype)
     K = validation.check_n_components(K, n_rows)
     if verbose:
         _report(f"scan: N={n_rows:,} D={n_features}", n_rows, time.perf_counter() - start)
