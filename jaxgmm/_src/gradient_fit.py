@@ -283,8 +283,8 @@ def fit_gradient(
         last parameters whose objective was finite). ``converged``: the final log-likelihood
         is finite and the gradient of the full-data mean log-likelihood with respect to the
         (standardised) unconstrained parameters is at most ``tol`` in every entry, i.e. the
-        result is a stationary point to that tolerance. ``all_log_likelihoods``: ``log_likelihood`` with
-        shape ``(1,)``.
+        result is a stationary point to that tolerance. ``all_log_likelihoods``:
+        ``log_likelihood`` with shape ``(1,)``.
 
     Raises
     ------
