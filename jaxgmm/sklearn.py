@@ -37,7 +37,7 @@ from jaxgmm._src.em import _centered, check_evidence, weighted_log_densities
 from jaxgmm._src.em_loop import em_pass
 from jaxgmm._src.fitting import _fit_compiled, failed_start, pass_chunking
 from jaxgmm._src.initialization import initialize_centered
-from jaxgmm._src.model import COVARIANCE_TYPES, GMM
+from jaxgmm._src.model import COVARIANCE_TYPES, GMM, all_finite_leaves
 from jaxgmm._src.online import _state_from_params, online_init, online_update
 from jaxgmm._src.sampling import sample as _sample
 
@@ -200,7 +200,7 @@ def _fit_sklearn_core(
     params = cov.shift_means(cov.params_from_moments(moments, covariance_type, reg_covar), center)
     # Near-singular covariances (reg_covar=0) can make that M-step non-finite: keep the core's
     # last finite parameters then, as the core's loop does.
-    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(params)]))
+    finite = all_finite_leaves(params)
     params = jax.tree.map(lambda new, old: jnp.where(finite, new, old), params, result.params)
     return _SklearnFit(params, lower_bound, result.n_iter + 1, result.converged)
 

@@ -12,7 +12,7 @@ from jaxgmm._src import products, validation
 from jaxgmm._src.em import log_prob
 from jaxgmm._src.fitting import failed_start
 from jaxgmm._src.initialization import initialize_centered
-from jaxgmm._src.model import GMM, FitResult
+from jaxgmm._src.model import GMM, FitResult, all_finite_leaves
 from jaxgmm._src.unconstrained import UnconstrainedGMM, from_unconstrained, to_unconstrained
 
 DEFAULT_LEARNING_RATE = 0.05
@@ -75,11 +75,6 @@ def _weighted_mean_log_prob(u, X, weights, center, scale, reg_covar):
     return jnp.sum(jnp.where(weights > 0, weights * per_sample, 0.0)) / jnp.sum(weights)
 
 
-def _all_finite(tree) -> jax.Array:
-    leaves = jax.tree.leaves(tree)
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
-
-
 def _fit_gradient_core(
     key,
     X,
@@ -135,7 +130,7 @@ def _fit_gradient_core(
             xb, wb = X[rows], batch_weights
         loss, grads = value_and_grad(u, xb, wb)
         # The latest parameters whose objective was finite, and the updates that led there.
-        evaluated = jnp.isfinite(loss) & _all_finite(grads)
+        evaluated = jnp.isfinite(loss) & all_finite_leaves(grads)
         last_good = jax.tree.map(lambda a, b: jnp.where(evaluated, a, b), (u, n_applied), last_good)
         if isinstance(optimizer, optax.GradientTransformationExtraArgs):
             # Line-search optimisers (e.g. optax.lbfgs) need the objective itself.
@@ -153,7 +148,7 @@ def _fit_gradient_core(
         # A step is taken only if everything stays finite, in the optimiser's coordinates and
         # mapped back to the data's (a runaway step size can overflow only there).
         mapped = _to_data_coordinates(new_u, center, scale, reg_covar)
-        ok = evaluated & _all_finite(new_u) & _all_finite(mapped) & (index < n_steps)
+        ok = evaluated & all_finite_leaves(new_u) & all_finite_leaves(mapped) & (index < n_steps)
         u = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new_u, u)
         opt_state = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new_state, opt_state)
         n_applied = n_applied + ok.astype(n_applied.dtype)
@@ -184,7 +179,7 @@ def _fit_gradient_core(
     params = _to_data_coordinates(u, center, scale, reg_covar)
     # Only a start whose objective is not finite leaves no finite result: report it as a
     # failed fit.
-    finite = _all_finite(params) & jnp.isfinite(mean)
+    finite = all_finite_leaves(params) & jnp.isfinite(mean)
     converged = reached & (gradient_norm <= tol) & finite
     total = jnp.where(finite, mean * jnp.sum(weights), jnp.nan)
     return FitResult(

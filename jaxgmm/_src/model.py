@@ -1,10 +1,11 @@
-"""The parameter pytree ``GMM`` and the result pytree ``FitResult``."""
+"""The parameter pytree ``GMM``, the result pytree ``FitResult``, and ``all_finite_leaves``."""
 
 from __future__ import annotations
 
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 
 COVARIANCE_TYPES = ("full", "diag", "spherical", "tied")
 
@@ -110,3 +111,8 @@ jax.tree_util.register_dataclass(
     ],
     meta_fields=[],
 )
+
+
+def all_finite_leaves(tree) -> jax.Array:
+    """Whether every entry of every leaf of ``tree`` is finite, a traced bool of shape ()."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))

@@ -27,7 +27,7 @@ from jaxgmm._src.chunking import auto_chunk_size
 from jaxgmm._src.em_loop import em_pass
 from jaxgmm._src.fitting import failed_start
 from jaxgmm._src.initialization import initialize_centered
-from jaxgmm._src.model import GMM, FitResult
+from jaxgmm._src.model import GMM, FitResult, all_finite_leaves
 from jaxgmm._src.streaming import StreamSource, as_rows, compute_dtype, fixed_batches, stream_pass
 
 
@@ -316,9 +316,7 @@ def online_update(
     statistics = (1.0 - rho) * state.statistics + rho * batch
     new_params = cov.params_from_moments(statistics, covariance_type, jnp.asarray(reg_covar, dtype))
     new_params = cov.shift_means(new_params, state.center)
-    finite = jnp.isfinite(mean_ll) & jnp.all(
-        jnp.asarray([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(new_params)])
-    )
+    finite = jnp.isfinite(mean_ll) & all_finite_leaves(new_params)
     keep = functools.partial(jnp.where, finite)
     return OnlineState(
         params=jax.tree.map(keep, new_params, params),
