@@ -9,6 +9,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxgmm._src.covariances import n_feature_columns
+
 # Target number of elements of the widest per-chunk intermediate (features or responsibilities):
 # a few MB on the CPU, where chunks that fit in cache are fastest; far more on an accelerator,
 # where every chunk is a separate round of kernel launches and small products leave it idle.
@@ -29,6 +31,14 @@ def auto_chunk_size(n_samples: int, width: int, platform: str | None = None) -> 
     budget = _CHUNK_ELEMENTS.get(platform, _ACCELERATOR_CHUNK_ELEMENTS)
     rows = max(_ROW_MULTIPLE, budget // max(width, 1) // _ROW_MULTIPLE * _ROW_MULTIPLE)
     return max(1, min(n_samples, rows))
+
+
+def fit_chunk_size(n_samples: int, n_features: int, n_components: int, covariance_type: str) -> int:
+    """``auto_chunk_size`` for one mixture's pass over ``(n_samples, n_features)`` data: its
+    widest per-chunk intermediate is the features of ``covariance_type`` or the ``(rows, K)``
+    responsibilities."""
+    width = n_feature_columns(covariance_type, n_features)
+    return auto_chunk_size(n_samples, max(width, n_components))
 
 
 class Chunking(NamedTuple):

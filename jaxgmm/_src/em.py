@@ -8,7 +8,7 @@ import numpy as np
 
 from jaxgmm._src import covariances as cov
 from jaxgmm._src import products, validation
-from jaxgmm._src.chunking import auto_chunk_size, chunked_sum
+from jaxgmm._src.chunking import chunked_sum, fit_chunk_size
 from jaxgmm._src.model import GMM
 
 HIGHEST = jax.lax.Precision.HIGHEST
@@ -163,9 +163,8 @@ def weighted_moments(xc, weights, resp, covariance_type: str, chunk_size: int | 
     chunk_size : int, optional
         Rows per chunk; chosen from the shapes by default.
     """
-    width = cov.n_feature_columns(covariance_type, xc.shape[1])
     if chunk_size is None:
-        chunk_size = auto_chunk_size(xc.shape[0], max(width, resp.shape[1]))
+        chunk_size = fit_chunk_size(*xc.shape, resp.shape[1], covariance_type)
 
     def moments(x, w, r):
         phi = cov.features(x, covariance_type)

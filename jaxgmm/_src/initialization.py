@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from jaxgmm._src import covariances as cov
 from jaxgmm._src import products, validation
-from jaxgmm._src.chunking import auto_chunk_size, chunked_sum, is_sharded
+from jaxgmm._src.chunking import chunked_sum, fit_chunk_size, is_sharded
 from jaxgmm._src.em import weighted_moments
 from jaxgmm._src.model import GMM
 
@@ -310,7 +310,7 @@ def initialize_centered(
     when given, see ``initial_responsibilities``), then an M-step."""
     width = cov.n_feature_columns(covariance_type, xc.shape[1])
     if chunk_size is None:
-        chunk_size = auto_chunk_size(xc.shape[0], max(width, n_components))
+        chunk_size = fit_chunk_size(*xc.shape, n_components, covariance_type)
     # Small data read the chosen rows by a gather, unless known to be sharded (inside an
     # outer jit sharding is invisible, but at most 4,096 rows are cheap to gather anyway).
     gather_rows = not is_sharded(chunk_size) and xc.shape[0] <= _SMALL_DATA

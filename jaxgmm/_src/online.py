@@ -23,7 +23,7 @@ import numpy as np
 
 from jaxgmm._src import covariances as cov
 from jaxgmm._src import products, rounding, validation
-from jaxgmm._src.chunking import auto_chunk_size
+from jaxgmm._src.chunking import fit_chunk_size
 from jaxgmm._src.em_loop import em_pass
 from jaxgmm._src.fitting import failed_start
 from jaxgmm._src.initialization import initialize_centered
@@ -61,8 +61,7 @@ class OnlineState(NamedTuple):
 def _chunk_size(n_rows: int, n_features: int, K: int, covariance_type: str, chunk_size):
     if chunk_size is not None:
         return validation.check_positive_int(chunk_size, "chunk_size")
-    width = cov.n_feature_columns(covariance_type, n_features)
-    return auto_chunk_size(n_rows, max(width, K))
+    return fit_chunk_size(n_rows, n_features, K, covariance_type)
 
 
 def _batch_statistics(params_c: GMM, xc, weights, chunk_size: int):

@@ -13,7 +13,7 @@ import numpy as np
 
 from jaxgmm._src import covariances as cov
 from jaxgmm._src import products, rounding, validation
-from jaxgmm._src.chunking import auto_chunk_size, chunked_sum
+from jaxgmm._src.chunking import chunked_sum, fit_chunk_size
 from jaxgmm._src.compile_options import TunedJit, em_work, profile_for
 from jaxgmm._src.fitting import _fit_compiled, failed_start
 from jaxgmm._src.initialization import initialize_centered, kmeans_plusplus
@@ -451,7 +451,7 @@ def select(
         if chunk_size is None:
             # As for one fit: the batch multiplies the memory of the per-chunk intermediates,
             # but smaller chunks cost more in compilation and in the loop than they save.
-            rows = auto_chunk_size(n_samples, max(width, K_max))
+            rows = fit_chunk_size(n_samples, n_features, K_max, kind)
         else:
             rows = chunk_size
         # Dispatch every type before reading any result: JAX runs one program while Python

@@ -19,7 +19,7 @@ import numpy as np
 
 from jaxgmm._src import covariances as cov
 from jaxgmm._src import rounding, validation
-from jaxgmm._src.chunking import auto_chunk_size
+from jaxgmm._src.chunking import fit_chunk_size
 from jaxgmm._src.em_loop import em_pass
 from jaxgmm._src.fitting import failed_start
 from jaxgmm._src.initialization import initialize_centered
@@ -427,8 +427,7 @@ def fit_stream(
     center = jnp.asarray(mean, dtype)
     reg = jnp.asarray(reg_covar, dtype)
     if chunk_size is None:
-        width = cov.n_feature_columns(covariance_type, n_features)
-        chunk_size = auto_chunk_size(batch_size, max(width, K))
+        chunk_size = fit_chunk_size(batch_size, n_features, K, covariance_type)
     else:
         chunk_size = validation.check_positive_int(chunk_size, "chunk_size")
 
