@@ -469,6 +469,34 @@ def test_singular_covariances_give_finite_parameters_or_a_clear_error():
         assert all(np.all(np.isfinite(a)) for a in fitted) and np.isfinite(gm.lower_bound_)
 
 
+def test_final_m_step_that_is_not_finite_keeps_the_core_parameters(blobs, monkeypatch):
+    # The estimator ends with one M-step after the core's loop (scikit-learn's stopping
+    # rule). When that step is not finite, the core's last parameters are kept.
+    import jaxgmm.sklearn as estimator_module
+    from jaxgmm._src.fitting import _fit_compiled
+
+    X = jnp.asarray(blobs)
+    args = (jax.random.key(0), X, jnp.ones(X.shape[0]), jnp.asarray(1e-3), jnp.asarray(1e-6), None)
+    static = dict(n_components=K, covariance_type="full", init="kmeans++", n_init=1)
+    options = dict(chunk_size=256, progress=None, n_candidates=None)
+    core = _fit_compiled(*args, max_iter=START_ITER - 1, **static, **options)
+    finished = estimator_module._fit_sklearn_core(*args, max_iter=START_ITER, **static, **options)
+    # Unpatched, the last M-step moves the parameters (so the comparison below can fail).
+    assert not np.allclose(finished.params.means, core.params.means, rtol=0, atol=1e-12)
+
+    real_pass = estimator_module.em_pass
+
+    def nan_pass(*pass_args):
+        moments, total = real_pass(*pass_args)
+        return jnp.full_like(moments, jnp.nan), total
+
+    monkeypatch.setattr(estimator_module, "em_pass", nan_pass)
+    kept = estimator_module._fit_sklearn_core(*args, max_iter=START_ITER, **static, **options)
+    for new, old in zip(jax.tree.leaves(kept.params), jax.tree.leaves(core.params)):
+        np.testing.assert_array_equal(new, old)
+    assert kept.n_iter == core.n_iter + 1 and kept.lower_bound == finished.lower_bound
+
+
 def test_warm_start_checks_the_fitted_parameters(blobs):
     gm = GaussianMixture(K, warm_start=True, random_state=0).fit(blobs)
     with pytest.raises(ValueError, match="X has 1 features, but GaussianMixture is expecting 2"):
