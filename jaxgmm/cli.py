@@ -14,6 +14,7 @@ import math
 import os
 import sys
 import time
+import warnings
 
 EXAMPLES_HINT = 'pip install "jaxgmm[examples]"'
 COVARIANCE_TYPES = ("full", "diag", "spherical", "tied")
@@ -100,6 +101,28 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not -(2**63) <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"expected a 64-bit integer, got {text}")
+    return value
+
+
+def _shape(text: str) -> str:
+    try:
+        n, d, k = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected N,D,K (three integers) such as 100000,16,16, got {text!r}"
+        ) from None
+    if min(n, d, k) < 1 or k > n:
+        raise argparse.ArgumentTypeError(f"expected N,D,K >= 1 with K <= N, got {text!r}")
+    return text
+
+
 def _non_negative_float(text: str) -> float:
     try:
         value = float(text)
@@ -139,10 +162,33 @@ def _load_data(path: str, fmt: str | None, dtype):
     return data
 
 
-def _check_writable(path: str) -> None:
+def _input_file(path: str) -> str:
+    """The file behind a DATA argument (``file.npz:name`` names an array of ``file.npz``)."""
+    if not os.path.exists(path) and ":" in os.path.basename(path):
+        return path.rsplit(":", 1)[0]
+    return path
+
+
+def _check_writable(path: str, *inputs: str) -> None:
+    """Fail before any work when ``path`` cannot be written or is one of the ``inputs``."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise UserError(f"cannot write {path}: folder {folder} does not exist")
+    if os.path.isdir(path):
+        raise UserError(f"cannot write {path}: it is a folder")
+    for source in map(_input_file, inputs):
+        same = os.path.abspath(path) == os.path.abspath(source) or (
+            os.path.exists(path) and os.path.exists(source) and os.path.samefile(path, source)
+        )
+        if same:
+            raise UserError(f"{path} is also an input: choose another output file")
+
+
+def _check_figure(path: str, *inputs: str) -> None:
+    """``_check_writable`` for a figure, which is written as PNG."""
+    if not path.lower().endswith(".png"):
+        raise UserError(f"figures are PNG files: give {path} a .png name")
+    _check_writable(path, *inputs)
 
 
 def _format_number(value: float) -> str:
@@ -169,6 +215,9 @@ def _table(headers, rows) -> str:
 
 def _default_output(path: str, suffix: str) -> str:
     name = os.path.basename(path)
+    stem, colon, array = name.rpartition(":")
+    if colon and not os.path.exists(path):  # file.npz:name -> file-name
+        name = _default_output(stem, "") + "-" + array
     for extension in (".gz", ".csv", ".txt", ".tsv", ".npy", ".npz", ".png", ".jpg", ".jpeg"):
         if name.lower().endswith(extension):
             name = name[: -len(extension)]
@@ -194,7 +243,7 @@ def _cmd_fit(args) -> int:
             f"({n_samples}) in {args.data}"
         )
     output = args.output or _default_output(args.data, ".gmm.npz")
-    _check_writable(output)
+    _check_writable(output, args.data)
     long_fit = _fit_is_long(
         n_samples, n_features, args.components, args.covariance_type, args.n_init, args.max_iter
     )
@@ -233,7 +282,8 @@ def _cmd_fit(args) -> int:
     weights = np.asarray(params.weights)
     means = np.asarray(params.means)
     print(
-        f"{args.data}: N = {n_samples} samples, D = {n_features} features; "
+        f"{args.data}: N = {n_samples} samples, D = {n_features} "
+        f"feature{'s' if n_features > 1 else ''}; "
         f"K = {args.components}, covariance {args.covariance_type}, {dtype.name}"
     )
     print()
@@ -269,8 +319,23 @@ def _cmd_fit(args) -> int:
     width = max(len(name) for name, _ in summary)
     for name, value in summary:
         print(f"{name.ljust(width)}  {value}")
+    if _has_collapsed_component(X, params, args.reg_covar):
+        print(
+            "note: some component has collapsed (its covariance is at the reg_covar floor: "
+            "repeated values, or fewer samples than features); its log-likelihood, BIC and "
+            "AIC are not meaningful. Try a smaller -k or another --covariance-type."
+        )
     print(f"model saved to {output}")
     return 0
+
+
+def _has_collapsed_component(X, params, reg_covar: float) -> bool:
+    """``select``'s test for a collapsed cell, on one fitted mixture."""
+    import numpy as np
+
+    from jaxgmm._src.selection import collapse_threshold, has_collapsed_component
+
+    return has_collapsed_component(params, reg_covar, collapse_threshold(np.asarray(X)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,7 +383,7 @@ def _cmd_predict(args) -> int:
             f"{args.model} was fitted to D = {params.n_features}"
         )
     if args.output:
-        _check_writable(args.output)
+        _check_writable(args.output, args.data, args.model)
     if args.proba:
         values = np.asarray(_compiled_fn("predict_proba")(params, X))
         header = ",".join(f"p{k}" for k in range(values.shape[1]))
@@ -376,9 +441,15 @@ def _cmd_segment(args) -> int:
             f"K = {max(ks)} is larger than the number of pixels ({n_pixels}) of {args.image}"
         )
     output = args.output or _default_output(args.image, "-segmented.png")
+    extension = os.path.splitext(output)[1].lower()
+    if Image.registered_extensions().get(extension) not in Image.SAVE:
+        raise UserError(f"cannot write an image named {output}: use a .png or .jpg name")
+    _check_writable(output, args.image)
+    if args.no_figure and args.figure:
+        raise UserError("--figure and --no-figure contradict each other")
     figure = args.figure or (os.path.splitext(output)[0] + "-figure.png")
-    for path in (output, figure):
-        _check_writable(path)
+    if not args.no_figure:
+        _check_figure(figure, args.image, output)
     _status(
         args,
         f"{args.image}: {width} x {height} pixels; "
@@ -492,9 +563,14 @@ def _cmd_select(args) -> int:
     X = _load_data(args.data, args.format, np.dtype(args.dtype))
     ks = args.k_range
     if ks[-1] > X.shape[0]:
-        raise UserError(f"K up to {ks[-1]} exceeds the number of samples ({X.shape[0]})")
+        raise UserError(
+            f"K up to {ks[-1]} exceeds the number of samples ({X.shape[0]}); "
+            f"give a smaller --k-range such as 1..{min(X.shape[0], 10)}"
+        )
+    if args.output:
+        _check_writable(args.output, args.data)
     if args.figure:
-        _check_writable(args.figure)
+        _check_figure(args.figure, args.data, args.output or args.data)
     _status(args, f"fitting K = {ks[0]}..{ks[-1]} x {', '.join(args.covariance_type)}")
     selection = jaxgmm.select(
         jax.random.key(args.seed),
@@ -509,8 +585,10 @@ def _cmd_select(args) -> int:
     print()
     print(selection.summary())
     if args.output:
-        _check_writable(args.output)
-        jaxgmm.save(args.output, selection.params)
+        try:
+            jaxgmm.save(args.output, selection.params)
+        except OSError as error:
+            raise UserError(f"cannot write {args.output}: {error}") from None
         print(f"saved the best model to {args.output}")
     if args.figure:
         _require_examples_extra()
@@ -529,6 +607,12 @@ def _cmd_bench(args) -> int:
     from jaxgmm._src import benchmark
 
     shapes = tuple(tuple(int(v) for v in s.split(",")) for s in args.shape)
+    if args.json:
+        _check_writable(args.json)
+    if args.figure:
+        if not args.suite:
+            raise UserError("--figure draws the suite's results: add --suite")
+        _check_figure(args.figure)
     dtypes = tuple(args.dtype)
     kinds = tuple(args.covariance_type)
     quiet = args.quiet or not sys.stderr.isatty()
@@ -682,6 +766,9 @@ def build_parser() -> argparse.ArgumentParser:
         "$XDG_CACHE_HOME/jaxgmm or ~/.cache/jaxgmm); set it empty to disable the cache. "
         "Run 'jaxgmm COMMAND --help' for the options of a command.",
     )
+    from jaxgmm import __version__
+
+    parser.add_argument("--version", action="version", version=f"jaxgmm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     fit = sub.add_parser(
@@ -751,7 +838,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="EPS",
         help="added to the covariance diagonals (default: 1e-6)",
     )
-    fit.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    fit.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
     fit.add_argument(
         "--dtype",
         choices=["float64", "float32"],
@@ -764,7 +851,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODEL",
         help="where to save the model (default: DATA's name + .gmm.npz, in the current folder)",
     )
-    fit.set_defaults(func=_cmd_fit)
+    fit.set_defaults(parser=fit, func=_cmd_fit)
 
     predict = sub.add_parser(
         "predict",
@@ -788,7 +875,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="computation dtype (default: the model's)",
     )
-    predict.set_defaults(func=_cmd_predict)
+    predict.set_defaults(parser=predict, func=_cmd_predict)
 
     segment = sub.add_parser(
         "segment",
@@ -852,14 +939,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="random pixels scored for each K when choosing K by BIC (default: 20000)",
     )
-    segment.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    segment.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
     segment.add_argument(
         "--dtype",
         choices=["float32", "float64"],
         default="float32",
         help="computation dtype (default: float32)",
     )
-    segment.set_defaults(func=_cmd_segment)
+    segment.set_defaults(parser=segment, func=_cmd_segment)
 
     select = sub.add_parser(
         "select",
@@ -886,7 +973,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="repeatable; default all four",
     )
     select.add_argument(
-        "--criterion", choices=["bic", "aic", "icl"], default="bic", help="(default: bic)"
+        "--criterion",
+        choices=["bic", "aic", "icl"],
+        default="bic",
+        help="the criterion that chooses the model (default: bic)",
     )
     select.add_argument(
         "--n-init",
@@ -896,9 +986,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="restarts per cell (default: 5)",
     )
     select.add_argument(
-        "--max-iter", type=_positive_int, default=100, metavar="N", help="(default: 100)"
+        "--max-iter",
+        type=_positive_int,
+        default=100,
+        metavar="N",
+        help="most EM iterations per fit (default: 100)",
     )
-    select.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    select.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
     select.add_argument(
         "--dtype",
         choices=["float64", "float32"],
@@ -906,8 +1000,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="computation dtype (default: float64)",
     )
     select.add_argument("-o", "--output", metavar="MODEL", help="save the best model here")
-    select.add_argument("--figure", metavar="PNG", help="write the BIC curves here")
-    select.set_defaults(func=_cmd_select, covariance_type=None)
+    select.add_argument(
+        "--figure", metavar="PNG", help="write the curves of the --criterion here (PNG)"
+    )
+    select.set_defaults(parser=select, func=_cmd_select, covariance_type=None)
 
     demo = sub.add_parser(
         "demo",
@@ -931,8 +1027,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="a much smaller run (one seed, fewer restarts, small images), for testing",
     )
-    demo.add_argument("--seed", type=int, default=0, help="first random seed (default: 0)")
-    demo.set_defaults(func=_cmd_demo)
+    demo.add_argument("--seed", type=_seed, default=0, help="first random seed (default: 0)")
+    demo.set_defaults(parser=demo, func=_cmd_demo)
 
     bench = sub.add_parser(
         "bench",
@@ -944,6 +1040,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--shape",
         action="append",
+        type=_shape,
         metavar="N,D,K",
         help="problem size (repeatable; default 100000,16,16)",
     )
@@ -959,7 +1056,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["float64", "float32"],
         help="repeatable; default both",
     )
-    bench.add_argument("--repeats", type=int, default=3, help="timing repeats (best is kept)")
+    bench.add_argument(
+        "--repeats", type=_positive_int, default=3, help="timing repeats (best is kept)"
+    )
     bench.add_argument("--no-sklearn", action="store_true", help="measure jaxgmm alone")
     bench.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     bench.add_argument(
@@ -983,31 +1082,54 @@ def build_parser() -> argparse.ArgumentParser:
         help="time vmap(fit) over 1,000 groups of 500 1-D samples (K = 3) against loops of "
         "single jaxgmm and scikit-learn fits; first --dtype (default float32)",
     )
-    bench.set_defaults(func=_cmd_bench, shape=None, covariance_type=None, dtype=None)
+    bench.set_defaults(parser=bench, func=_cmd_bench, shape=None, covariance_type=None, dtype=None)
     return parser
 
 
 def _fill_defaults(args) -> None:
+    """Defaults of the repeatable options, and each repeated value once."""
+
+    def once(values):
+        return list(dict.fromkeys(values))
+
     if args.command == "bench":
         args.explicit_shape = bool(args.shape)
-        args.shape = args.shape or ["100000,16,16"]
-        args.covariance_type = args.covariance_type or ["full", "diag"]
+        args.shape = once(args.shape or ["100000,16,16"])
+        args.covariance_type = once(args.covariance_type or ["full", "diag"])
         default_dtypes = ["float32"] if args.groups else ["float64", "float32"]
-        args.dtype = args.dtype or default_dtypes
+        args.dtype = once(args.dtype or default_dtypes)
     if args.command == "select":
-        args.covariance_type = args.covariance_type or list(COVARIANCE_TYPES)
+        args.covariance_type = once(args.covariance_type or COVARIANCE_TYPES)
+
+
+def _show_warning(command: str):
+    """``warnings.showwarning`` for the command line: one line naming the command, with the
+    command's option in place of advice for Python code."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        from jaxgmm._src.rounding import FLOAT64_ADVICE
+
+        _end_progress()
+        text = str(message).replace(FLOAT64_ADVICE, "Use --dtype float64 for accurate parameters.")
+        print(f"jaxgmm {command}: warning: {text}", file=sys.stderr)
+
+    return show
 
 
 def main(argv=None) -> int:
     """Entry point of the ``jaxgmm`` console script; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # named by the subcommand, whose help lists its options
+        args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     _fill_defaults(args)
     try:
         from jaxgmm._src import runtime
 
         runtime.configure(use_cache=not args.no_cache)
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning(args.command)
+            return args.func(args)
     except UserError as error:
         print(f"jaxgmm {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -173,8 +173,17 @@ def _sniff_delimiter(line: str):
     return None  # any whitespace
 
 
+def _unquote(field: str) -> str:
+    field = field.strip()
+    if len(field) >= 2 and field[0] == field[-1] == '"':
+        return field[1:-1].strip()
+    return field
+
+
 def _split(line: str, delimiter):
-    return [field.strip() for field in line.split(delimiter)]
+    """The fields of ``line``, without surrounding spaces or double quotes (as spreadsheets
+    and R's ``write.csv`` quote them)."""
+    return [_unquote(field) for field in line.split(delimiter)]
 
 
 def _is_number(field: str) -> bool:
@@ -190,7 +199,8 @@ def load_csv(path, *, dtype=np.float64) -> np.ndarray:
 
     The delimiter (comma, semicolon, tab or whitespace) is read from the first data line; the
     first line is a header when any of its fields is not a number. Blank lines and lines
-    starting with ``#`` are skipped.
+    starting with ``#`` are skipped; fields may be enclosed in double quotes. The text is
+    UTF-8, or else Latin-1.
 
     Parameters
     ----------
@@ -212,10 +222,12 @@ def load_csv(path, *, dtype=np.float64) -> np.ndarray:
     """
     raw = _read_bytes(path)
     name = os.fspath(path)
+    if b"\0" in raw:
+        raise ValueError(f"{name!r} is not a text (CSV) file")
     try:
         text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise ValueError(f"{name!r} is not a text (CSV) file") from None
+    except UnicodeDecodeError:  # e.g. a Latin-1 header from an older spreadsheet
+        text = raw.decode("latin-1")
     lines = [
         (number, line)
         for number, line in enumerate(text.splitlines(), start=1)
@@ -230,7 +242,9 @@ def load_csv(path, *, dtype=np.float64) -> np.ndarray:
             raise ValueError(f"{name!r} has a header but no data rows")
     body = "\n".join(line for _, line in lines)
     try:
-        data = np.loadtxt(io.StringIO(body), delimiter=delimiter, dtype=dtype, ndmin=2)
+        data = np.loadtxt(
+            io.StringIO(body), delimiter=delimiter, dtype=dtype, ndmin=2, quotechar='"'
+        )
     except ValueError:
         _raise_first_bad_field(name, lines, delimiter)
         raise
@@ -256,6 +270,8 @@ def _raise_first_bad_field(name, lines, delimiter) -> None:
 
 def _load_npz(path, key):
     name = os.fspath(path)
+    if not _head(name).startswith(_ZIP_MAGIC):
+        raise ValueError(f"{name!r} is not an .npz file (it does not start as a zip archive)")
     try:
         with np.load(name, allow_pickle=False) as archive:
             names = list(archive.files)
@@ -360,6 +376,8 @@ def load_data(
         data = _load_npz(path, key)
     else:
         raw = _read_bytes(path)
+        if not raw.startswith(_NPY_MAGIC):
+            raise ValueError(f"{path!r} is not a .npy file (it has no .npy header)")
         try:
             data = np.load(io.BytesIO(raw), allow_pickle=False)
         except (ValueError, OSError, EOFError) as error:

@@ -176,17 +176,80 @@ def test_user_errors(tmp_path, capsys, blobs_file):
 
 
 def test_usage_errors_are_one_line(capsys):
-    for argv in (
-        ["fit", "data.csv"],
-        ["fit", "data.csv", "-k", "0"],
-        ["segment", "a.png"],
-        ["segment", "a.png", "--k-range", "3..2"],
-        ["nonsense"],
+    for argv, needle in (
+        (["fit", "data.csv"], "jaxgmm fit"),
+        (["fit", "data.csv", "-k", "0"], "-k"),
+        (["fit", "data.csv", "-k", "2", "--seed", str(2**64)], "--seed"),
+        (["fit", "data.csv", "-k", "2", "--bogus"], "'jaxgmm fit --help'"),
+        (["segment", "a.png"], "jaxgmm segment"),
+        (["segment", "a.png", "--k-range", "3..2"], "--k-range"),
+        (["bench", "--shape", "2000,2"], "--shape"),
+        (["bench", "--shape", "10,2,50"], "K <= N"),
+        (["bench", "--repeats", "0"], "--repeats"),
+        (["nonsense"], "jaxgmm"),
     ):
         with pytest.raises(SystemExit) as exit_info:
             cli.main(argv)
         assert exit_info.value.code == 2
-        one_line_error(2, capsys.readouterr().err, "error:", "--help")
+        one_line_error(2, capsys.readouterr().err, "error:", "--help", needle)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"jaxgmm {jaxgmm.__version__}"
+
+
+def test_outputs_are_checked_before_any_work(tmp_path, capsys, blobs_file):
+    """An output that is one of the inputs, in a missing folder, or of the wrong kind is
+    refused before anything is fitted (these runs would take seconds otherwise)."""
+    X, data = blobs_file
+    model = tmp_path / "m.npz"
+    jaxgmm.save(model, jaxgmm.GMM(np.ones(1), np.zeros((1, 2)), np.ones(1), "spherical"))
+    image = tmp_path / "image.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(image)
+    missing = tmp_path / "no" / "out"
+    for argv, needles in (
+        (["fit", data, "-k", 2, "-o", data], ["is also an input"]),
+        (["predict", model, data, "-o", model], ["is also an input"]),
+        (["predict", model, data, "-o", data], ["is also an input"]),
+        (["segment", image, "-k", 2, "-o", image], ["is also an input"]),
+        (["segment", image, "-k", 2, "-o", tmp_path / "noext"], [".png or .jpg"]),
+        (["segment", image, "-k", 2, "--figure", tmp_path / "f.jpg"], ["a .png name"]),
+        (["segment", image, "-k", 2, "--no-figure", "--figure", image.with_suffix(".f.png")],
+         ["contradict"]),
+        (["select", data, "--k-range", "1..2", "-o", data], ["is also an input"]),
+        (["select", data, "--k-range", "1..2", "-o", f"{missing}.npz"], ["does not exist"]),
+        (["select", data, "--k-range", "1..2", "--figure", tmp_path / "f.txt"], ["a .png name"]),
+        (["select", data, "--k-range", "1..200"], ["--k-range such as 1..10"]),
+        (["bench", "--json", f"{missing}.json"], ["does not exist"]),
+        (["bench", "--figure", tmp_path / "f.png"], ["add --suite"]),
+    ):  # fmt: skip
+        one_line_error(*run(capsys, *argv)[::2], *needles)
+    assert X.shape == (90, 2) and jaxgmm.load(model).n_components == 1  # inputs untouched
+
+
+def test_default_output_names():
+    assert cli._default_output("data/blobs.csv", ".gmm.npz") == "blobs.gmm.npz"
+    assert cli._default_output("two.npz:b", ".gmm.npz") == "two-b.gmm.npz"
+    assert cli._default_output("photo.JPG", "-segmented.png") == "photo-segmented.png"
+
+
+def test_float32_rounding_and_collapse_are_reported_for_the_command_line(tmp_path, capsys):
+    # Two clusters a million of their standard deviations apart, fitted in float32.
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(size=(40, 1)) * 1e-3, rng.normal(size=(40, 1)) * 1e-3 + 1e6])
+    data = tmp_path / "far.npy"
+    np.save(data, X)
+    status, out, err = run(
+        capsys, "fit", data, "-k", 2, "--dtype", "float32", "-o", tmp_path / "m.npz"
+    )
+    assert status == 0, err
+    warning = [line for line in err.splitlines() if "warning" in line]
+    assert len(warning) == 1 and warning[0].startswith("jaxgmm fit: warning: float32 rounding")
+    assert "--dtype float64" in warning[0] and "jax.config" not in err
+    assert "D = 1 feature;" in out
+    assert "note: some component has collapsed" in out
 
 
 def test_subprocess_error_is_one_line(tmp_path):
@@ -299,6 +362,21 @@ def test_image_features():
     )
 
 
+def test_sixteen_bit_grey_images_are_scaled_not_clipped(tmp_path):
+    from PIL import Image
+
+    from jaxgmm._src.segmentation import load_image
+
+    levels = np.array([[0, 257, 32896], [65535, 27, 65451]], np.uint16)
+    path = tmp_path / "grey16.png"
+    Image.fromarray(levels).save(path)
+    assert Image.open(path).mode.startswith("I")
+    rgb = load_image(path)
+    assert rgb.shape == (2, 3, 3) and rgb.dtype == np.uint8
+    np.testing.assert_array_equal(rgb[..., 0], np.round(levels / 257.0))
+    np.testing.assert_array_equal(rgb[..., 0], rgb[..., 2])
+
+
 def test_segment_small_image(tmp_path, capsys, blocks_image):
     from PIL import Image
 
@@ -403,6 +481,13 @@ def test_select_prints_the_table_and_saves_the_best(tmp_path, capsys, blobs_file
     assert figure.stat().st_size > 5000
     status, _, err = run(capsys, "select", path, "--k-range", "1..500")
     assert status == 2 and "exceeds the number of samples" in err
+    # A repeated covariance type is fitted once.
+    status, out, err = run(
+        capsys, "select", path, "--k-range", "1..2", "--covariance-type", "spherical",
+        "--covariance-type", "spherical", "--n-init", "2", "--quiet",
+    )  # fmt: skip
+    assert status == 0, err
+    assert sum("spherical" in line.split() for line in out.splitlines()) == 2  # K = 1, 2
 
 
 def test_bench_select_and_groups_options(capsys, monkeypatch, tmp_path):

@@ -93,8 +93,9 @@ def test_idx_errors(tmp_path, mnist_like):
         "a,b\n1,2\n3,4\n5,6\n",
         "# comment\nx;y\n1;2\n\n3;4\n5;6\n",
         "1 2\n3 4\n5\t6\n",
+        '"x","y"\n"1",2\n3,"4"\n"5","6"\n',
     ],
-    ids=["comma", "header", "semicolon-comment", "whitespace"],
+    ids=["comma", "header", "semicolon-comment", "whitespace", "quoted"],
 )
 def test_csv(tmp_path, text):
     path = tmp_path / "data.csv"
@@ -113,6 +114,24 @@ def test_csv_errors(tmp_path):
     path.write_text("a,b\n")
     with pytest.raises(ValueError, match="no data rows"):
         datasets.load_data(path)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR")
+    with pytest.raises(ValueError, match="not a text"):
+        datasets.load_data(path)
+
+
+def test_csv_with_a_latin_1_header(tmp_path):
+    path = tmp_path / "latin.csv"
+    path.write_bytes("café,b\n1,2\n3,4\n".encode("latin-1"))
+    np.testing.assert_array_equal(datasets.load_data(path), [[1, 2], [3, 4]])
+
+
+def test_a_format_that_does_not_match_the_file_says_so(tmp_path):
+    path = tmp_path / "data.csv"
+    path.write_text("1,2\n3,4\n")
+    with pytest.raises(ValueError, match="not a .npy file"):
+        datasets.load_data(path, format="npy")
+    with pytest.raises(ValueError, match="not an .npz file"):
+        datasets.load_data(path, format="npz")
 
 
 def test_npy_npz_and_format_detection(tmp_path):

@@ -119,6 +119,13 @@ def _mean_sd(values) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+def _seed_span(seeds) -> str:
+    """``"seeds 0 to 19"``, or ``"seed 0"`` for one."""
+    if len(seeds) == 1:
+        return f"seed {seeds[0]}"
+    return f"seeds {seeds[0]} to {seeds[-1]}"
+
+
 def digits_part(out_dir: str, *, quick: bool, seed: int, log: Callable) -> str:
     """Cluster the 8x8 digits; returns the Markdown section."""
     from sklearn.cluster import KMeans
@@ -275,7 +282,7 @@ scikit-learn's 8×8 digits ({images.shape[0]} images, 64 pixels each), reduced t
 dimensions by PCA done in JAX (SVD of the centred data; {float(jnp.sum(explained)):.1%} of the
 variance kept), clustered into K = {K} groups with full covariances and {n_init} restarts,
 initialised by k-means (scikit-learn's default; `init="kmeans"` in jaxgmm). The same settings
-for scikit-learn's `GaussianMixture` and `KMeans`; seeds {seeds[0]} to {seeds[-1]}. A second
+for scikit-learn's `GaussianMixture` and `KMeans`; {_seed_span(seeds)}. A second
 jaxgmm row screens its starts (`n_candidates={n_candidates}`): it draws {n_candidates} k-means
 starts, runs 20 EM iterations from each in one batch, and runs the {n_init} best to convergence.
 The clusterings are compared with the true digits by the adjusted Rand index (ARI), normalised
@@ -285,9 +292,9 @@ five:
 
 {summary}
 
-Mean ARI over seeds {first[0]} to {first[-1]}: jaxgmm {mean_of("jaxgmm", "ari", 5):.3f}, with
+Mean ARI over {_seed_span(first)}: jaxgmm {mean_of("jaxgmm", "ari", 5):.3f}, with
 screened starts {mean_of(screened, "ari", 5):.3f}, scikit-learn GaussianMixture
-{mean_of(methods[2], "ari", 5):.3f}. Over all {len(seeds)} seeds: {mean_of("jaxgmm", "ari"):.3f},
+{mean_of(methods[2], "ari", 5):.3f}. Over {_seed_span(seeds)}: {mean_of("jaxgmm", "ari"):.3f},
 {mean_of(screened, "ari"):.3f} and {mean_of(methods[2], "ari"):.3f}; mean log-likelihood per
 sample {mean_of("jaxgmm", "mean_ll"):.4f}, {mean_of(screened, "mean_ll"):.4f} and
 {mean_of(methods[2], "mean_ll"):.4f}. Per seed (ARI), the first five:

@@ -74,6 +74,12 @@ def _nats(params: GMM, spread, holds_a_sample, dtype) -> jax.Array:
     return jnp.finfo(dtype).eps * worst
 
 
+FLOAT64_ADVICE = (
+    "Fit in float64 (jax.config.update('jax_enable_x64', True), X.astype('float64')) for "
+    "accurate parameters."
+)
+
+
 def warn_if_imprecise(nats: float, dtype, stacklevel: int = 3) -> None:
     """Warn (``RuntimeWarning``) when a float32 fit's log-densities can be off by more than
     ``WARN_NATS`` nats (``nats`` from ``rounding_nats``) through rounding. ``stacklevel`` as
@@ -83,9 +89,7 @@ def warn_if_imprecise(nats: float, dtype, stacklevel: int = 3) -> None:
             f"float32 rounding can shift this fit's log-densities by about {nats:.2g} nats "
             "(and its covariances by a similar relative amount): some component is very "
             "narrow compared with the spread of the data (clusters hundreds of their own "
-            "standard deviations apart, or a nearly singular covariance). Fit in float64 "
-            "(jax.config.update('jax_enable_x64', True), X.astype('float64')) for accurate "
-            "parameters.",
+            "standard deviations apart, or a nearly singular covariance). " + FLOAT64_ADVICE,
             RuntimeWarning,
             stacklevel=stacklevel,
         )

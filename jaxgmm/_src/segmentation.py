@@ -30,6 +30,19 @@ class Segmentation(NamedTuple):
     fit_result: FitResult  # the fit with K components on all pixels
 
 
+# Pillow's modes for grey levels wider than 8 bits (16-bit PNG and TIFF images).
+_WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _grey_16_bit_to_rgb(levels: np.ndarray, path: str) -> np.ndarray:
+    """16-bit grey levels (H, W) as 8-bit RGB (H, W, 3), uint8."""
+    levels = levels.astype(np.int64)
+    if levels.size and (levels.min() < 0 or levels.max() > 65535):
+        raise ValueError(f"{path!r} has grey levels outside 0..65535")
+    grey = np.round(levels / 257.0).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
+
+
 def load_image(path) -> np.ndarray:
     """Read an image file as RGB.
 
@@ -37,7 +50,7 @@ def load_image(path) -> np.ndarray:
     ----------
     path : str or os.PathLike
         Any format Pillow reads (PNG, JPEG, ...). Grey and palette images become RGB; an alpha
-        channel is dropped.
+        channel is dropped; 16-bit grey levels are rounded to 8 bits.
 
     Returns
     -------
@@ -57,6 +70,8 @@ def load_image(path) -> np.ndarray:
         raise FileNotFoundError(f"no such file: {path!r}")
     try:
         with Image.open(path) as image:
+            if image.mode in _WIDE_GREY_MODES:  # Pillow's RGB conversion would clip them
+                return _grey_16_bit_to_rgb(np.asarray(image), path)
             return np.asarray(image.convert("RGB"))
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise ValueError(f"{path!r} is not a readable image: {error}") from None

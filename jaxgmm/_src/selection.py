@@ -297,7 +297,13 @@ def _slice_cell(batch: GMM, index: int, K: int) -> GMM:
     return GMM(cell.weights[:K], cell.means[:K], covariances, cell.covariance_type)
 
 
-def _has_collapsed_component(params: GMM, reg_covar, threshold: float) -> bool:
+def collapse_threshold(X) -> float:
+    """The eigenvalue, above ``reg_covar``, at or below which a component of a mixture fitted
+    to ``X`` (N, D) counts as collapsed: sqrt(eps) of ``X``'s dtype times its mean variance."""
+    return math.sqrt(float(jnp.finfo(X.dtype).eps)) * float(jnp.mean(jnp.var(X, axis=0)))
+
+
+def has_collapsed_component(params: GMM, reg_covar, threshold: float) -> bool:
     """True when some component's covariance, less ``reg_covar``, has an eigenvalue at most
     ``threshold``: the component sits on a lower-dimensional set (repeated values, fewer
     points than dimensions) or is empty, and its density is set by ``reg_covar``."""
@@ -442,7 +448,7 @@ def select(
     tables = {name: np.zeros((len(covariance_types), len(Ks))) for name in ("ll", "ent")}
     converged = np.zeros((len(covariance_types), len(Ks)), bool)
     collapsed = np.zeros((len(covariance_types), len(Ks)), bool)
-    threshold = math.sqrt(float(jnp.finfo(dtype).eps)) * float(jnp.mean(jnp.var(X, axis=0)))
+    threshold = collapse_threshold(X)
     n_iter = np.zeros((len(covariance_types), len(Ks)), np.int64)
     all_params = {}
     pending = {}
@@ -478,7 +484,7 @@ def select(
         tables["ent"][t] = np.asarray(entropy, np.float64)
         converged[t] = np.asarray(result.converged)
         collapsed[t] = [
-            _has_collapsed_component(_slice_cell(all_params[kind], j, int(k)), reg_covar, threshold)
+            has_collapsed_component(_slice_cell(all_params[kind], j, int(k)), reg_covar, threshold)
             for j, k in enumerate(Ks)
         ]
         n_iter[t] = np.asarray(result.n_iter)
