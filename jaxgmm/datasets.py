@@ -10,6 +10,7 @@ import gzip
 import io
 import os
 import re
+import warnings
 import zipfile
 
 import numpy as np
@@ -219,6 +220,12 @@ def load_csv(path, *, dtype=np.float64) -> np.ndarray:
     ValueError
         A field is not a number, rows have different lengths, or there are no data rows.
         The message gives the line and column.
+
+    Warns
+    -----
+    UserWarning
+        The first column has an empty header and counts the rows: a row index (as pandas'
+        ``to_csv()`` and R's ``write.csv()`` write by default), which is read as a feature.
     """
     raw = _read_bytes(path)
     name = os.fspath(path)
@@ -236,10 +243,13 @@ def load_csv(path, *, dtype=np.float64) -> np.ndarray:
     if not lines:
         raise ValueError(f"{name!r} has no data rows")
     delimiter = _sniff_delimiter(lines[0][1])
-    if not all(_is_number(field) for field in _split(lines[0][1], delimiter)):
+    header = _split(lines[0][1], delimiter)
+    if not all(_is_number(field) for field in header):
         lines = lines[1:]  # a header
         if not lines:
             raise ValueError(f"{name!r} has a header but no data rows")
+    else:
+        header = None
     body = "\n".join(line for _, line in lines)
     try:
         data = np.loadtxt(
@@ -248,7 +258,24 @@ def load_csv(path, *, dtype=np.float64) -> np.ndarray:
     except ValueError:
         _raise_first_bad_field(name, lines, delimiter)
         raise
+    if header is not None and header[0] == "" and _is_row_index(data[:, 0]):
+        warnings.warn(
+            f"the first column of {name!r} has no name and counts the rows (0, 1, 2, ... "
+            "or 1, 2, 3, ...): it looks like a row index written by pandas' to_csv() or R's "
+            "write.csv(), and is read as a feature. Write the file without it (index=False, "
+            "row.names = FALSE) or drop that column.",
+            UserWarning,
+            stacklevel=3,
+        )
     return data
+
+
+def _is_row_index(column: np.ndarray) -> bool:
+    """Whether ``column`` is 0, 1, 2, ... or 1, 2, 3, ... (at least two rows)."""
+    if column.shape[0] < 2:
+        return False
+    steps = np.arange(column.shape[0])
+    return bool(np.array_equal(column, steps) or np.array_equal(column, steps + 1))
 
 
 def _raise_first_bad_field(name, lines, delimiter) -> None:

@@ -3,6 +3,7 @@ CSV with and without a header, .npy and .npz."""
 
 import gzip
 import struct
+import warnings
 
 import numpy as np
 import pytest
@@ -123,6 +124,22 @@ def test_csv_with_a_latin_1_header(tmp_path):
     path = tmp_path / "latin.csv"
     path.write_bytes("café,b\n1,2\n3,4\n".encode("latin-1"))
     np.testing.assert_array_equal(datasets.load_data(path), [[1, 2], [3, 4]])
+
+
+def test_a_row_index_column_is_flagged(tmp_path):
+    path = tmp_path / "pandas.csv"
+    path.write_text(",x,y\n0,1.5,2\n1,3,4\n2,5,6\n")  # pandas' DataFrame.to_csv()
+    with pytest.warns(UserWarning, match="row index"):
+        data = datasets.load_data(path)
+    np.testing.assert_array_equal(data[:, 0], [0, 1, 2])  # still read, as documented
+    path.write_text('"","x"\n"1",1.5\n"2",3\n')  # R's write.csv()
+    with pytest.warns(UserWarning, match="row index"):
+        datasets.load_data(path)
+    for text in ("id,x\n0,1.5\n1,3\n", ",x\n0,1.5\n2,3\n"):  # named, or not counting
+        path.write_text(text)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            datasets.load_data(path)
 
 
 def test_a_format_that_does_not_match_the_file_says_so(tmp_path):
