@@ -215,8 +215,8 @@ def _table(headers, rows) -> str:
 
 def _default_output(path: str, suffix: str) -> str:
     name = os.path.basename(path)
-    stem, colon, array = name.rpartition(":")
-    if colon and not os.path.exists(path):  # file.npz:name -> file-name
+    if path != _input_file(path):  # file.npz:name -> file-name
+        stem, array = path.rsplit(":", 1)
         name = _default_output(stem, "") + "-" + array
     for extension in (".gz", ".csv", ".txt", ".tsv", ".npy", ".npz", ".png", ".jpg", ".jpeg"):
         if name.lower().endswith(extension):
@@ -333,9 +333,9 @@ def _has_collapsed_component(X, params, reg_covar: float) -> bool:
     """``select``'s test for a collapsed cell, on one fitted mixture."""
     import numpy as np
 
-    from jaxgmm._src.selection import collapse_threshold, has_collapsed_component
+    from jaxgmm._src.selection import collapse_test, has_collapsed_component
 
-    return has_collapsed_component(params, reg_covar, collapse_threshold(np.asarray(X)))
+    return has_collapsed_component(params, reg_covar, collapse_test(np.asarray(X)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1110,7 +1110,8 @@ def _show_warning(command: str):
         from jaxgmm._src.rounding import FLOAT64_ADVICE
 
         _end_progress()
-        text = str(message).replace(FLOAT64_ADVICE, "Use --dtype float64 for accurate parameters.")
+        advice = "" if command == "demo" else "Use --dtype float64 for accurate parameters."
+        text = str(message).replace(FLOAT64_ADVICE, advice).rstrip()
         print(f"jaxgmm {command}: warning: {text}", file=sys.stderr)
 
     return show

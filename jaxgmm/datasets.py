@@ -20,6 +20,8 @@ __all__ = ["load_data", "load_csv", "load_idx", "load_mnist", "FORMATS"]
 FORMATS = ("csv", "npy", "npz", "idx")
 
 _GZIP_MAGIC = b"\x1f\x8b"
+# Characters no text table holds (all C0 controls but tab, line feed, form feed, return).
+_CONTROL_CHARACTERS = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f]")
 _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGIC = b"PK"
 
@@ -187,6 +189,26 @@ def _split(line: str, delimiter):
     return [_unquote(field) for field in line.split(delimiter)]
 
 
+def _is_quoted(field: str) -> bool:
+    field = field.strip()
+    return len(field) >= 2 and field[0] == field[-1] == '"'
+
+
+def _is_header(first: str, second: str | None, delimiter) -> bool:
+    """Whether the line ``first`` names the columns: some field is not a number, or is a
+    number in quotes where the next line, ``second``, has none (``"2019","2020"`` over
+    ``1,2``)."""
+    fields = first.split(delimiter)
+    if not all(_is_number(_unquote(field)) for field in fields):
+        return True
+    if second is None:
+        return False
+    below = second.split(delimiter)
+    return len(below) == len(fields) and any(
+        _is_quoted(a) and not _is_quoted(b) for a, b in zip(fields, below)
+    )
+
+
 def _is_number(field: str) -> bool:
     try:
         float(field)
@@ -199,9 +221,10 @@ def load_csv(path, *, dtype=np.float64) -> np.ndarray:
     """Read a numeric table from a text file, with or without a header line.
 
     The delimiter (comma, semicolon, tab or whitespace) is read from the first data line; the
-    first line is a header when any of its fields is not a number. Blank lines and lines
-    starting with ``#`` are skipped; fields may be enclosed in double quotes. The text is
-    UTF-8, or else Latin-1.
+    first line is a header when any of its fields is not a number, or is a number in double
+    quotes over an unquoted one (``"2019","2020"`` over ``1,2``). Blank lines and lines
+    starting with ``#`` are skipped; fields may be enclosed in double quotes (not around a
+    delimiter). The text is UTF-8, or else Latin-1.
 
     Parameters
     ----------
@@ -229,12 +252,12 @@ def load_csv(path, *, dtype=np.float64) -> np.ndarray:
     """
     raw = _read_bytes(path)
     name = os.fspath(path)
-    if b"\0" in raw:
-        raise ValueError(f"{name!r} is not a text (CSV) file")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:  # e.g. a Latin-1 header from an older spreadsheet
         text = raw.decode("latin-1")
+    if _CONTROL_CHARACTERS.search(text):
+        raise ValueError(f"{name!r} is not a text (CSV) file")
     lines = [
         (number, line)
         for number, line in enumerate(text.splitlines(), start=1)
@@ -244,17 +267,19 @@ def load_csv(path, *, dtype=np.float64) -> np.ndarray:
         raise ValueError(f"{name!r} has no data rows")
     delimiter = _sniff_delimiter(lines[0][1])
     header = _split(lines[0][1], delimiter)
-    if not all(_is_number(field) for field in header):
-        lines = lines[1:]  # a header
+    if _is_header(lines[0][1], lines[1][1] if len(lines) > 1 else None, delimiter):
+        lines = lines[1:]
         if not lines:
             raise ValueError(f"{name!r} has a header but no data rows")
     else:
         header = None
-    body = "\n".join(line for _, line in lines)
+    if '"' in text:  # the fields without their quotes, for NumPy's reader
+        separator = delimiter or " "
+        body = "\n".join(separator.join(_split(line, delimiter)) for _, line in lines)
+    else:
+        body = "\n".join(line for _, line in lines)
     try:
-        data = np.loadtxt(
-            io.StringIO(body), delimiter=delimiter, dtype=dtype, ndmin=2, quotechar='"'
-        )
+        data = np.loadtxt(io.StringIO(body), delimiter=delimiter, dtype=dtype, ndmin=2)
     except ValueError:
         _raise_first_bad_field(name, lines, delimiter)
         raise
@@ -299,8 +324,11 @@ def _load_npz(path, key):
     name = os.fspath(path)
     if not _head(name).startswith(_ZIP_MAGIC):
         raise ValueError(f"{name!r} is not an .npz file (it does not start as a zip archive)")
+    with open(name, "rb") as handle:
+        compressed = handle.read(2) == _GZIP_MAGIC
     try:
-        with np.load(name, allow_pickle=False) as archive:
+        source = io.BytesIO(_read_bytes(name)) if compressed else name
+        with np.load(source, allow_pickle=False) as archive:
             names = list(archive.files)
             if key is None:
                 if len(names) == 1:

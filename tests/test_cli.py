@@ -232,6 +232,7 @@ def test_outputs_are_checked_before_any_work(tmp_path, capsys, blobs_file):
 def test_default_output_names():
     assert cli._default_output("data/blobs.csv", ".gmm.npz") == "blobs.gmm.npz"
     assert cli._default_output("two.npz:b", ".gmm.npz") == "two-b.gmm.npz"
+    assert cli._default_output("two.npz:b.c", ".gmm.npz") == "two-b.c.gmm.npz"
     assert cli._default_output("photo.JPG", "-segmented.png") == "photo-segmented.png"
 
 
@@ -375,6 +376,11 @@ def test_sixteen_bit_grey_images_are_scaled_not_clipped(tmp_path):
     assert rgb.shape == (2, 3, 3) and rgb.dtype == np.uint8
     np.testing.assert_array_equal(rgb[..., 0], np.round(levels / 257.0))
     np.testing.assert_array_equal(rgb[..., 0], rgb[..., 2])
+    # Pillow's 32-bit mode "I" with levels of at most 255 holds 8-bit grey.
+    tiff = tmp_path / "grey32.tif"
+    Image.fromarray(np.array([[0, 200], [255, 17]], np.int32)).save(tiff)
+    assert Image.open(tiff).mode == "I"
+    np.testing.assert_array_equal(load_image(tiff)[..., 1], [[0, 200], [255, 17]])
 
 
 def test_segment_small_image(tmp_path, capsys, blocks_image):

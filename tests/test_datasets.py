@@ -95,8 +95,10 @@ def test_idx_errors(tmp_path, mnist_like):
         "# comment\nx;y\n1;2\n\n3;4\n5;6\n",
         "1 2\n3 4\n5\t6\n",
         '"x","y"\n"1",2\n3,"4"\n"5","6"\n',
+        '"1","2"\n"3","4"\n"5","6"\n',
+        '"a","b"\n1, "2"\n3,4\n5,6\n',
     ],
-    ids=["comma", "header", "semicolon-comment", "whitespace", "quoted"],
+    ids=["comma", "header", "semicolon-comment", "whitespace", "quoted", "all-quoted", "spaced"],
 )
 def test_csv(tmp_path, text):
     path = tmp_path / "data.csv"
@@ -115,9 +117,16 @@ def test_csv_errors(tmp_path):
     path.write_text("a,b\n")
     with pytest.raises(ValueError, match="no data rows"):
         datasets.load_data(path)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR")
-    with pytest.raises(ValueError, match="not a text"):
-        datasets.load_data(path)
+    for binary in (b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR", b"a,b\n1,2\n\x0e\x0f\xff,3\n"):
+        path.write_bytes(binary)
+        with pytest.raises(ValueError, match="not a text"):
+            datasets.load_data(path)
+
+
+def test_quoted_numbers_over_unquoted_ones_are_a_header(tmp_path):
+    path = tmp_path / "years.csv"
+    path.write_text('"2019","2020"\n1,2\n3,4\n')
+    np.testing.assert_array_equal(datasets.load_data(path), [[1, 2], [3, 4]])
 
 
 def test_csv_with_a_latin_1_header(tmp_path):
@@ -149,6 +158,16 @@ def test_a_format_that_does_not_match_the_file_says_so(tmp_path):
         datasets.load_data(path, format="npy")
     with pytest.raises(ValueError, match="not an .npz file"):
         datasets.load_data(path, format="npz")
+
+
+def test_gzip_compressed_npy_and_npz(tmp_path):
+    X = np.arange(6.0).reshape(3, 2)
+    np.save(tmp_path / "x.npy", X)
+    np.savez(tmp_path / "x.npz", X=X)
+    for name in ("x.npy", "x.npz"):
+        packed = tmp_path / f"{name}.gz"
+        packed.write_bytes(gzip.compress((tmp_path / name).read_bytes()))
+        np.testing.assert_array_equal(datasets.load_data(packed), X)
 
 
 def test_npy_npz_and_format_detection(tmp_path):

@@ -260,6 +260,37 @@ def test_collapsed_component_is_flagged_and_not_chosen():
     assert "collapsed" in result.format_table()
 
 
+@pytest.mark.parametrize("kind", ["full", "diag", "spherical", "tied"])
+def test_collapse_test_does_not_depend_on_the_features_scales(kind):
+    """The same mixture, with features rescaled by 1e4 and 1e-2 (data and covariances
+    alike), is collapsed or not regardless of the scales."""
+    from jaxgmm._src.selection import collapse_test, has_collapsed_component
+
+    rng = np.random.default_rng(0)
+    reg = 1e-6
+    X = rng.normal(size=(400, 2)) @ np.array([[1.0, 0.6], [0.0, 0.8]])  # correlated features
+    excess = {  # the component covariances less reg_covar: spread, and flat in one direction
+        "full": (np.cov(X.T, bias=True)[None], np.array([[[1.0, 1.0], [1.0, 1.0]]])),
+        "tied": (np.cov(X.T, bias=True), np.array([[1.0, 1.0], [1.0, 1.0]])),
+        "diag": (np.var(X, axis=0)[None], np.array([[1.0, 0.0]])),
+        "spherical": (np.array([1.0]), np.array([0.0])),
+    }[kind]
+    for scales in (np.ones(2), np.array([1e4, 1e-2])):
+        if kind == "spherical":  # one variance for every feature: only a common scale
+            scales = np.full(2, scales[0])
+        for spread, collapsed in zip(excess, (False, True)):
+            if kind in ("full", "tied"):
+                covariances = scales[:, None] * spread * scales + reg * np.eye(2)
+            elif kind == "diag":
+                covariances = spread * scales**2 + reg
+            else:
+                covariances = spread * scales[0] ** 2 + reg
+            n = covariances.shape[0] if kind != "tied" else 1
+            params = jaxgmm.GMM(np.ones(n) / n, np.zeros((n, 2)), covariances, kind)
+            test = collapse_test(X * scales)
+            assert has_collapsed_component(params, reg, test) == collapsed, (scales, spread)
+
+
 def test_errors(blobs):
     # All raise before any compilation.
     with pytest.raises(ValueError, match="criterion"):

@@ -34,13 +34,15 @@ class Segmentation(NamedTuple):
 _WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
-def _grey_16_bit_to_rgb(levels: np.ndarray, path: str) -> np.ndarray:
-    """16-bit grey levels (H, W) as 8-bit RGB (H, W, 3), uint8."""
+def _grey_16_bit_to_rgb(levels: np.ndarray, mode: str, path: str) -> np.ndarray:
+    """Grey levels (H, W) of 16 bits as 8-bit RGB (H, W, 3), uint8. Pillow's 32-bit mode
+    ``"I"`` holds 16-bit levels, or 8-bit ones when none exceeds 255."""
     levels = levels.astype(np.int64)
     if levels.size and (levels.min() < 0 or levels.max() > 65535):
         raise ValueError(f"{path!r} has grey levels outside 0..65535")
-    grey = np.round(levels / 257.0).astype(np.uint8)
-    return np.repeat(grey[..., None], 3, axis=-1)
+    if mode != "I" or (levels.size and levels.max() > 255):
+        levels = np.round(levels / 257.0)
+    return np.repeat(levels.astype(np.uint8)[..., None], 3, axis=-1)
 
 
 def load_image(path) -> np.ndarray:
@@ -71,7 +73,7 @@ def load_image(path) -> np.ndarray:
     try:
         with Image.open(path) as image:
             if image.mode in _WIDE_GREY_MODES:  # Pillow's RGB conversion would clip them
-                return _grey_16_bit_to_rgb(np.asarray(image), path)
+                return _grey_16_bit_to_rgb(np.asarray(image), image.mode, path)
             return np.asarray(image.convert("RGB"))
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise ValueError(f"{path!r} is not a readable image: {error}") from None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -297,23 +298,51 @@ def _slice_cell(batch: GMM, index: int, K: int) -> GMM:
     return GMM(cell.weights[:K], cell.means[:K], covariances, cell.covariance_type)
 
 
-def collapse_threshold(X) -> float:
-    """The eigenvalue, above ``reg_covar``, at or below which a component of a mixture fitted
-    to ``X`` (N, D) counts as collapsed: sqrt(eps) of ``X``'s dtype times its mean variance."""
-    return math.sqrt(float(jnp.finfo(X.dtype).eps)) * float(jnp.mean(jnp.var(X, axis=0)))
+class CollapseTest(NamedTuple):
+    """What ``has_collapsed_component`` compares a fitted mixture with (float64)."""
+
+    feature_variances: np.ndarray  # (D,): the data's, zero variances replaced by one
+    whitening: np.ndarray  # (D, D): the data covariance's inverse square root
+    tolerance: float  # sqrt(eps) of the data's dtype
 
 
-def has_collapsed_component(params: GMM, reg_covar, threshold: float) -> bool:
-    """True when some component's covariance, less ``reg_covar``, has an eigenvalue at most
-    ``threshold``: the component sits on a lower-dimensional set (repeated values, fewer
-    points than dimensions) or is empty, and its density is set by ``reg_covar``."""
+def collapse_test(X) -> CollapseTest:
+    """The reference for ``has_collapsed_component`` of mixtures fitted to ``X`` (N, D)."""
+    covariance = np.asarray(jnp.cov(X, rowvar=False, bias=True), np.float64).reshape(
+        X.shape[1], X.shape[1]
+    )
+    variances = np.diag(covariance)
+    values, vectors = np.linalg.eigh(covariance)
+    # Directions in which the data themselves have no spread are not a component's doing.
+    values = np.maximum(values, 1e-12 * max(values.max(), np.finfo(np.float64).tiny))
+    whitening = (vectors / np.sqrt(values)) @ vectors.T
+    return CollapseTest(
+        np.where(variances > 0, variances, 1.0),
+        whitening,
+        math.sqrt(float(jnp.finfo(X.dtype).eps)),
+    )
+
+
+def has_collapsed_component(params: GMM, reg_covar, test: CollapseTest) -> bool:
+    """True when some component's covariance, less ``reg_covar`` and measured against the
+    data's covariance, has an eigenvalue at most ``test.tolerance``: the component sits on a
+    lower-dimensional set than the data (repeated values, fewer points than dimensions) or
+    is empty, and its density is set by ``reg_covar``. Measured in the data's own units
+    (their covariance for full and tied components, their variance per feature for diag,
+    its mean for spherical), the test does not depend on the features' scales or
+    correlations."""
     covariances = np.asarray(params.covariances, np.float64)
+    reg = float(reg_covar)
     kind = params.covariance_type
     if kind in ("full", "tied"):
-        smallest = np.linalg.eigvalsh(covariances).min()
-    else:
-        smallest = covariances.min()
-    return bool(smallest - float(reg_covar) <= threshold)
+        whitening = test.whitening
+        excess = covariances - reg * np.eye(len(whitening))
+        smallest = np.linalg.eigvalsh(whitening @ excess @ whitening).min()
+    elif kind == "diag":
+        smallest = ((covariances - reg) / test.feature_variances).min()
+    else:  # one variance per component, for every feature
+        smallest = ((covariances - reg) / test.feature_variances.mean()).min()
+    return bool(smallest <= test.tolerance)
 
 
 def _check_K(K, n_samples: int) -> np.ndarray:
@@ -396,8 +425,9 @@ def select(
     repeated values (data recorded to a few digits, like the Old Faithful waiting times) or
     on fewer points than dimensions, where only ``reg_covar`` keeps its covariance
     invertible, and the log-likelihood then grows like ``log(1 / reg_covar)`` per point.
-    Such fits are marked ``collapsed`` (some covariance eigenvalue exceeds ``reg_covar`` by
-    at most ``sqrt(eps)`` times the mean variance of the data, or a component is empty)
+    Such fits are marked ``collapsed`` (some eigenvalue of a covariance less ``reg_covar``,
+    measured against the data's covariance, is at most ``sqrt(eps)``, or a component is
+    empty)
     and are not chosen unless every cell is collapsed, as mclust reports singular
     covariances as missing values.
 
@@ -448,7 +478,7 @@ def select(
     tables = {name: np.zeros((len(covariance_types), len(Ks))) for name in ("ll", "ent")}
     converged = np.zeros((len(covariance_types), len(Ks)), bool)
     collapsed = np.zeros((len(covariance_types), len(Ks)), bool)
-    threshold = collapse_threshold(X)
+    reference = collapse_test(X)
     n_iter = np.zeros((len(covariance_types), len(Ks)), np.int64)
     all_params = {}
     pending = {}
@@ -484,7 +514,7 @@ def select(
         tables["ent"][t] = np.asarray(entropy, np.float64)
         converged[t] = np.asarray(result.converged)
         collapsed[t] = [
-            has_collapsed_component(_slice_cell(all_params[kind], j, int(k)), reg_covar, threshold)
+            has_collapsed_component(_slice_cell(all_params[kind], j, int(k)), reg_covar, reference)
             for j, k in enumerate(Ks)
         ]
         n_iter[t] = np.asarray(result.n_iter)
