@@ -3,6 +3,7 @@
 Float64 needs ``jax.config.update("jax_enable_x64", True)``; otherwise JAX computes in float32.
 """
 
+from jaxgmm._src.adaptation import map_adapt
 from jaxgmm._src.criteria import aic, bic, n_parameters
 from jaxgmm._src.em import e_step, log_likelihood, log_prob, m_step, predict, predict_proba
 from jaxgmm._src.fitting import fit
@@ -46,4 +47,5 @@ __all__ = [
     "UnconstrainedGMM",
     "to_unconstrained",
     "from_unconstrained",
+    "map_adapt",
 ]

@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-SCRIPTS = ("digits.py", "segment_image.py", "density_1d.py", "ellipses_2d.py")
+SCRIPTS = (
+    "digits.py",
+    "segment_image.py",
+    "density_1d.py",
+    "ellipses_2d.py",
+    "speaker_verification.py",
+)
 
 
 @pytest.fixture(scope="module")

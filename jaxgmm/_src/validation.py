@@ -159,7 +159,7 @@ def check_candidates(n_candidates, candidate_iter, n_init: int, init_params):
     return n_candidates, candidate_iter
 
 
-def _check_non_negative_scalar(value, name: str) -> float | None:
+def check_non_negative_scalar(value, name: str) -> float | None:
     """Check a finite, non-negative real scalar; returns its value when concrete."""
     if isinstance(value, numbers.Real):
         v = float(value)
@@ -181,13 +181,13 @@ def _check_non_negative_scalar(value, name: str) -> float | None:
 
 def check_reg_covar(reg_covar, dtype=None) -> None:
     """A finite, non-negative ``reg_covar``; with ``dtype``, also representable in it."""
-    value = _check_non_negative_scalar(reg_covar, "reg_covar")
+    value = check_non_negative_scalar(reg_covar, "reg_covar")
     if dtype is not None and value is not None and value > float(jnp.finfo(dtype).max):
         raise ValueError(f"reg_covar = {value:g} overflows {jnp.dtype(dtype).name}")
 
 
 def check_tol(tol, name: str = "tol") -> None:
-    _check_non_negative_scalar(tol, name)
+    check_non_negative_scalar(tol, name)
 
 
 def check_progress(progress) -> None:
