@@ -47,7 +47,8 @@ def full_covariances(params):
 
 
 def reynolds(prior, X, relevance, adapt, n_iter=1, sample_weight=None):
-    """MAP-EM with the prior's parameters as ``relevance`` pseudo-samples per component."""
+    """MAP-EM with the prior's parameters as ``relevance`` pseudo-samples per component, in
+    the form of Reynolds et al. (sums of second moments)."""
     kind = prior.covariance_type
     w0, mu0, S0 = np.asarray(prior.weights), np.asarray(prior.means), full_covariances(prior)
     w = np.ones(len(X)) if sample_weight is None else np.asarray(sample_weight)
@@ -64,15 +65,19 @@ def reynolds(prior, X, relevance, adapt, n_iter=1, sample_weight=None):
         g = resp * w[:, None]
         n = g.sum(axis=0)
         first = g.T @ X
-        second = np.einsum("nk,ni,nj->kij", g, X, X)
-        prior_second = relevance * (S0 + mu0[:, :, None] * mu0[:, None, :])
         new_means = (first + relevance * mu0) / (n + relevance)[:, None]
-        outer = new_means[:, :, None] * new_means[:, None, :]
+        if "means" in adapt:  # Reynolds et al.: second moments, less the new mean's square
+            second = np.einsum("nk,ni,nj->kij", g, X, X)
+            prior_second = relevance * (S0 + mu0[:, :, None] * mu0[:, None, :])
+            outer = (n + relevance)[:, None, None] * new_means[:, :, None] * new_means[:, None, :]
+            scatter = second + prior_second - outer
+        else:  # the means stay: the scatter about them
+            about = X[None, :, :] - mu0[:, None, :]
+            scatter = np.einsum("nk,kni,knj->kij", g, about, about) + relevance * S0
         if kind == "tied":
-            pooled = (second + prior_second).sum(0) - np.einsum("k,kij->ij", n + relevance, outer)
-            new_covs = np.broadcast_to(pooled / (n + relevance).sum(), S0.shape)
+            new_covs = np.broadcast_to(scatter.sum(0) / (n + relevance).sum(), S0.shape)
         else:
-            new_covs = (second + prior_second) / (n + relevance)[:, None, None] - outer
+            new_covs = scatter / (n + relevance)[:, None, None]
             if kind in ("diag", "spherical"):
                 diagonal = np.diagonal(new_covs, axis1=1, axis2=2)
                 if kind == "spherical":
@@ -116,6 +121,19 @@ def test_components_without_samples_keep_their_prior():
     # weights proportional to alpha n_k / N + (1 - alpha) pi_k: 1/3, 1/3 and 0.2 + 0.8 / 3
     raw = np.array([1 / 3, 1 / 3, 0.2 + 0.8 / 3])
     np.testing.assert_allclose(adapted.weights, raw / raw.sum())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_unvisited_components_keep_their_prior_far_from_the_data(dtype):
+    """A component 40 units from the new data, given none of it, keeps its mean and
+    covariance to rounding, also in float32 and with a weak prior (relevance 0.01)."""
+    means = np.array([[-20.0, 0.0], [20.0, 0.0]], dtype)
+    ubm = jaxgmm.GMM(np.full(2, 0.5, dtype), means, np.ones((2, 2), dtype), "diag")
+    speaker = np.array([[21.0, 0.5], [20.5, -0.5], [21.5, 0.0], [21.0, 1.0]], dtype)
+    adapted = jaxgmm.map_adapt(ubm, speaker, relevance=0.01, adapt=ALL)
+    tolerance = 10 * np.finfo(dtype).eps
+    np.testing.assert_allclose(adapted.means[0], means[0], rtol=tolerance)
+    np.testing.assert_allclose(adapted.covariances[0], 1.0, rtol=tolerance)
 
 
 def test_only_the_named_parameters_change(background, ubms):
@@ -193,5 +211,41 @@ def test_errors(background, ubms):
         jaxgmm.map_adapt(ubm, speaker, n_iter=0)
     with pytest.raises(ValueError, match="params"):
         jaxgmm.map_adapt(ubm, speaker[:, :1])
-    with pytest.raises(ValueError, match="X: the fit failed"):
+    with pytest.raises(ValueError, match="X: the log-likelihood of X under params is not"):
         jaxgmm.map_adapt(ubm, speaker + 1e200)
+    with pytest.raises(TypeError, match="adapt"):
+        jaxgmm.map_adapt(ubm, speaker, adapt=None)
+    with pytest.raises(TypeError, match="relevance"):
+        jaxgmm.map_adapt(ubm, speaker, relevance=True)
+    ubm32 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), ubm)
+    with pytest.raises(ValueError, match="relevance must be > 0 and fit in float32"):
+        jaxgmm.map_adapt(ubm32, speaker.astype(np.float32), relevance=1e300)
+
+
+def test_traced_invalid_arguments_give_nan(background, ubms):
+    _, speaker = background
+    adapt = jax.jit(
+        lambda r, w: jaxgmm.map_adapt(ubms["full"], speaker, relevance=r, sample_weight=w)
+    )
+    ones = np.ones(len(speaker))
+    assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(adapt(16.0, ones)))
+    for r, w in ((0.0, ones), (-4.0, ones), (16.0, -ones)):
+        assert all(np.all(np.isnan(leaf)) for leaf in jax.tree.leaves(adapt(r, w)))
+
+
+def test_gradients_match_finite_differences(background, ubms):
+    _, speaker = background
+    ubm = ubms["full"]
+
+    def summary(relevance, X):
+        adapted = jaxgmm.map_adapt(ubm, X, relevance=relevance, adapt=ALL)
+        return jnp.sum(adapted.covariances) + jnp.sum(adapted.means**2) + adapted.weights[0]
+
+    d_relevance, d_X = jax.grad(summary, argnums=(0, 1))(RELEVANCE, jnp.asarray(speaker))
+    h = 1e-5
+    central = (summary(RELEVANCE + h, speaker) - summary(RELEVANCE - h, speaker)) / (2 * h)
+    np.testing.assert_allclose(d_relevance, central, rtol=1e-6)
+    step = np.zeros_like(speaker)
+    step[3, 1] = h
+    central = (summary(RELEVANCE, speaker + step) - summary(RELEVANCE, speaker - step)) / (2 * h)
+    np.testing.assert_allclose(d_X[3, 1], central, rtol=1e-6)

@@ -2,15 +2,17 @@
 verification (a universal background model adapted to each speaker's few seconds of speech).
 
 The prior of each component is its background (UBM) parameters worth ``relevance`` samples.
-Adaptation adds those pseudo-samples to the component's statistics from an E-step on the new
-data and takes the M-step, so that a component that sees ``n_k`` samples moves from its prior
-by ``alpha_k = n_k / (n_k + relevance)``:
+An E-step of the current mixture on the new data gives component ``k`` a share ``n_k`` of
+them, with mean ``E_k[x]`` and scatter ``C_k`` about that mean. With
+``alpha_k = n_k / (n_k + relevance)`` and ``d_k = E_k[x] - mu0_k``:
 
-- ``mu_k = alpha_k E_k[x] + (1 - alpha_k) mu0_k``
-- ``S_k = alpha_k E_k[x x'] + (1 - alpha_k) (S0_k + mu0_k mu0_k') - mu_k mu_k'``
+- ``mu_k = mu0_k + alpha_k d_k``
+- ``S_k = alpha_k C_k + (1 - alpha_k) S0_k + alpha_k (1 - alpha_k) d_k d_k'`` (with the means
+  kept at ``mu0_k``: ``alpha_k (C_k + d_k d_k') + (1 - alpha_k) S0_k``)
 - ``pi_k`` proportional to ``alpha_k n_k / N + (1 - alpha_k) pi0_k``
 
-where ``E_k`` averages over the new samples weighted by their responsibilities.
+The covariance is Reynolds, Quatieri and Dunn's ``alpha E_k[x x'] + (1 - alpha) (S0 + mu0
+mu0') - mu mu'`` rearranged so that a component that sees no data keeps ``S0`` to rounding.
 """
 
 from __future__ import annotations
@@ -25,29 +27,48 @@ from jaxgmm._src import covariances as cov
 from jaxgmm._src import em, products, validation
 from jaxgmm._src.chunking import fit_chunk_size
 from jaxgmm._src.em_loop import em_pass
-from jaxgmm._src.fitting import failed_start
 from jaxgmm._src.model import GMM
 
 ADAPTABLE = ("weights", "means", "covariances")
 
 
-def expected_features(params: GMM) -> jax.Array:
-    """``E[features(x)]`` under each component, shape (K, P): the statistics one sample
-    drawn from component ``k`` contributes on average, in the layout of ``features``."""
-    means = params.means
-    n_components, n_features = means.shape
-    kind = params.covariance_type
-    if kind in ("full", "tied"):
-        covariances = jnp.broadcast_to(params.covariances, (n_components, n_features, n_features))
-        second = covariances + means[:, :, None] * means[:, None, :]
-        i, j = np.triu_indices(n_features)
-        quad = second[:, i, j]
-    elif kind == "diag":
-        quad = params.covariances + means * means
+def _statistics(moments, covariance_type: str):
+    """Per component: the share ``n`` (K,) of the samples, their mean ``E`` (K, D) and their
+    scatter about it ``C`` ((K, D, D) for full and tied, (K, D) otherwise), from the
+    moments ``R.T @ features(xc)`` (K, P)."""
+    n_components, width = moments.shape
+    counts = moments[:, -1]
+    safe = jnp.where(counts > 0, counts, 1.0)  # no samples: n E = 0 and n C = 0 anyway
+    n_quad = width - 1 - cov._n_features_from_width(width, covariance_type)
+    mean = moments[:, n_quad:-1] / safe[:, None]
+    if covariance_type in ("full", "tied"):
+        second = cov._unpack_symmetric(moments[:, :n_quad], mean.shape[1]) / safe[:, None, None]
+        scatter = second - mean[:, :, None] * mean[:, None, :]
     else:
-        quad = params.covariances[:, None] + means * means
-    ones = jnp.ones((n_components, 1), means.dtype)
-    return jnp.concatenate([quad, means, ones], axis=1)
+        scatter = moments[:, :n_quad] / safe[:, None] - mean * mean
+    return counts, mean, scatter
+
+
+def _adapted_covariances(prior_c: GMM, counts, shift, scatter, relevance, means_adapted):
+    """The MAP covariances (see the module's docstring) from the statistics of ``_statistics``
+    and ``shift = E - mu0`` (K, D)."""
+    kind = prior_c.covariance_type
+    alpha = counts / (counts + relevance)
+    spread = alpha * (1 - alpha) if means_adapted else alpha
+    if kind in ("full", "tied"):
+        prior = jnp.broadcast_to(prior_c.covariances, scatter.shape)
+        outer = shift[:, :, None] * shift[:, None, :]
+        a = alpha[:, None, None]
+        per_component = a * scatter + (1 - a) * prior + spread[:, None, None] * outer
+        if kind == "full":
+            return per_component
+        # Tied: the pooled scatter of all components and their pseudo-samples.
+        total = counts + relevance
+        return jnp.einsum("k,kij->ij", total, per_component) / jnp.sum(total)
+    prior = prior_c.covariances if kind == "diag" else prior_c.covariances[:, None]
+    a = alpha[:, None]
+    per_feature = a * scatter + (1 - a) * prior + spread[:, None] * shift * shift
+    return per_feature if kind == "diag" else jnp.mean(per_feature, axis=1)
 
 
 @functools.partial(jax.jit, static_argnames=("adapt", "n_iter", "chunk_size"))
@@ -55,20 +76,20 @@ def _adapt_compiled(prior: GMM, X, weights, relevance, *, adapt, n_iter, chunk_s
     center = products.weighted_mean(X, weights)
     xc = X - center
     prior_c = cov.shift_means(prior, -center)
-    pseudo_statistics = relevance * expected_features(prior_c)
 
     def step(_, state):
         current, _ = state
         moments, total = em_pass(current, xc, weights, chunk_size)
-        # The pseudo-samples are already in the prior's covariances: no reg_covar again.
-        combined = cov.params_from_moments(moments + pseudo_statistics, prior.covariance_type, 0.0)
-        counts = moments[:, -1]
+        counts, mean, scatter = _statistics(moments, prior.covariance_type)
+        shift = mean - prior_c.means
         alpha = counts / (counts + relevance)
         mixed = alpha * counts / jnp.sum(counts) + (1 - alpha) * prior_c.weights
         adapted = GMM(
             mixed / jnp.sum(mixed) if "weights" in adapt else prior_c.weights,
-            combined.means if "means" in adapt else prior_c.means,
-            combined.covariances if "covariances" in adapt else prior_c.covariances,
+            prior_c.means + alpha[:, None] * shift if "means" in adapt else prior_c.means,
+            _adapted_covariances(prior_c, counts, shift, scatter, relevance, "means" in adapt)
+            if "covariances" in adapt
+            else prior_c.covariances,
             prior.covariance_type,
         )
         return adapted, total
@@ -77,7 +98,9 @@ def _adapt_compiled(prior: GMM, X, weights, relevance, *, adapt, n_iter, chunk_s
     adapted = cov.shift_means(adapted, center)
     if "means" not in adapt:  # exactly the prior's, not shifted there and back
         adapted = adapted.replace(means=prior.means)
-    return adapted, total
+    # Traced arguments could not be checked: invalid ones give NaN, not a plausible answer.
+    valid = (relevance > 0) & jnp.all((weights >= 0) & jnp.isfinite(weights))
+    return jax.tree.map(lambda leaf: jnp.where(valid, leaf, jnp.nan), adapted), total
 
 
 def map_adapt(
@@ -94,9 +117,10 @@ def map_adapt(
 
     Every component keeps its parameters as a prior worth ``relevance`` samples: one that is
     responsible for ``n_k`` of the new samples moves towards their statistics by
-    ``alpha_k = n_k / (n_k + relevance)``, and one that sees none stays where it was. This is
-    the adaptation of a universal background model to a speaker (Reynolds, Quatieri and
-    Dunn, 2000), who adapt only the means with ``relevance=16``.
+    ``alpha_k = n_k / (n_k + relevance)``, and one that sees none keeps its mean and
+    covariance (the formulas are in the module's docstring and the docs' page on background
+    models). This is the adaptation of a universal background model to a speaker (Reynolds,
+    Quatieri and Dunn, 2000), who adapt only the means with ``relevance=16``.
 
     Parameters
     ----------
@@ -104,12 +128,14 @@ def map_adapt(
         The background mixture (the prior), fitted to plenty of data.
     X : Array, shape (N, D) or (N,) for D = 1
         The new data, in the dtype of the result.
-    relevance : float
-        Positive: how many samples' worth of evidence the prior carries per component.
-        Small values follow the new data; large ones keep the prior.
+    relevance : float or Array, shape ()
+        Positive: how many samples' worth of evidence the prior carries per component (for
+        ``"tied"`` covariances, ``K * relevance`` for the shared one). Small values follow the
+        new data; large ones keep the prior. Traced under ``jit``.
     adapt : str or sequence of str
         Which of ``"weights"``, ``"means"`` and ``"covariances"`` to adapt; the others stay
-        the prior's.
+        the prior's. Covariances adapted without the means are scattered about the prior's
+        means.
     n_iter : int
         MAP-EM iterations (static). Each takes an E-step at the current mixture and combines
         its statistics with the same prior; one (the default, as Reynolds et al.) is usual.
@@ -125,10 +151,11 @@ def map_adapt(
 
     Notes
     -----
-    The M-step adds no ``reg_covar``: adapted covariances mix the new data's second moments
-    with the prior's, which already carry the background fit's regularisation. ``map_adapt``
-    is a pure function: ``jax.jit`` it (with ``adapt``, ``n_iter`` and ``chunk_size``
-    static) or ``jax.vmap`` it over speakers with the same background model.
+    No ``reg_covar`` is added: adapted covariances mix the new data's scatter with the
+    prior's, which already carry the background fit's regularisation. ``map_adapt`` is a
+    pure function: ``jax.jit`` it (with ``adapt``, ``n_iter`` and ``chunk_size`` static) or
+    ``jax.vmap`` it over speakers with the same background model. Under ``jit`` a relevance
+    that is not positive, or a negative or non-finite sample weight, gives NaN parameters.
 
     Examples
     --------
@@ -143,14 +170,13 @@ def map_adapt(
     """
     params, X = em._prepare(params, X)
     adapt = _check_adapt(adapt)
-    _check_relevance(relevance)
     n_iter = validation.check_positive_int(n_iter, "n_iter")
     weights = validation.as_sample_weight(sample_weight, X)
     if chunk_size is None:
         chunk_size = fit_chunk_size(*X.shape, params.n_components, params.covariance_type)
     else:
         chunk_size = validation.check_positive_int(chunk_size, "chunk_size")
-    relevance = jnp.asarray(relevance, X.dtype)
+    relevance = _check_relevance(relevance, X.dtype)
     adapted, total = _adapt_compiled(
         params, X, weights, relevance, adapt=adapt, n_iter=n_iter, chunk_size=chunk_size
     )
@@ -160,19 +186,31 @@ def map_adapt(
                 bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(adapted)
             )
         if not finite:
-            raise ValueError(f"X: {failed_start(X.dtype)}")
+            raise ValueError(
+                "X: the log-likelihood of X under params is not finite, so the samples cannot "
+                f"be shared among the components ({validation.overflow_note(X.dtype)})"
+            )
     return adapted
 
 
 def _check_adapt(adapt) -> tuple[str, ...]:
-    names = (adapt,) if isinstance(adapt, str) else tuple(adapt)
+    if isinstance(adapt, str):
+        names = (adapt,)
+    elif isinstance(adapt, (tuple, list)):
+        names = tuple(adapt)
+    else:
+        raise TypeError(f"adapt must be a str or a sequence of str; got {adapt!r}")
     unknown = [name for name in names if name not in ADAPTABLE]
-    if unknown or not names or not all(isinstance(name, str) for name in names):
+    if unknown or not names:
         raise ValueError(f"adapt must name one or more of {ADAPTABLE}; got {adapt!r}")
     return tuple(name for name in ADAPTABLE if name in names)
 
 
-def _check_relevance(relevance) -> None:
+def _check_relevance(relevance, dtype) -> jax.Array:
+    """``relevance`` as a scalar of ``dtype``: a positive real number that ``dtype`` holds."""
+    if isinstance(relevance, (bool, np.bool_)):
+        raise TypeError(f"relevance must be a real number; got {relevance!r}")
     value = validation.check_non_negative_scalar(relevance, "relevance")
-    if value is not None and value <= 0:
-        raise ValueError(f"relevance must be > 0; got {value}")
+    if value is not None and not 0 < value <= float(jnp.finfo(dtype).max):
+        raise ValueError(f"relevance must be > 0 and fit in {jnp.dtype(dtype).name}; got {value}")
+    return jnp.asarray(relevance, dtype)
