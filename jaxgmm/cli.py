@@ -1,5 +1,5 @@
-"""The ``jaxgmm`` command line: ``fit``, ``predict``, ``select``, ``segment``, ``demo`` and
-``bench``.
+"""The ``jaxgmm`` command line: ``fit``, ``predict``, ``adapt``, ``select``, ``segment``,
+``demo`` and ``bench``.
 
 Every subcommand enables float64 and JAX's persistent compilation cache (see
 :mod:`jaxgmm._src.runtime`) before any work, so a second invocation with the same shapes
@@ -121,6 +121,16 @@ def _shape(text: str) -> str:
     if min(n, d, k) < 1 or k > n:
         raise argparse.ArgumentTypeError(f"expected N,D,K >= 1 with K <= N, got {text!r}")
     return text
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return value
 
 
 def _non_negative_float(text: str) -> float:
@@ -355,25 +365,33 @@ def _compiled_fn(name: str):
     return _compiled[name]
 
 
-def _cmd_predict(args) -> int:
-    import jax
-    import numpy as np
-
+def _load_model(path: str, command: str):
+    """The single mixture saved in ``path``, or a ``UserError``."""
     import jaxgmm
     from jaxgmm._src.serialization import InvalidModelFile
 
     try:
-        params = jaxgmm.load(args.model)
+        params = jaxgmm.load(path)
     except FileNotFoundError:
-        raise UserError(f"no such file: {args.model}") from None
+        raise UserError(f"no such file: {path}") from None
     except InvalidModelFile as error:
-        raise UserError(str(error).replace(f"path {args.model!r}", args.model, 1)) from None
+        raise UserError(str(error).replace(f"path {path!r}", path, 1)) from None
     except ValueError:
         raise UserError(
-            f"{args.model} is not a jaxgmm model file (one written by 'jaxgmm fit' or jaxgmm.save)"
+            f"{path} is not a jaxgmm model file (one written by 'jaxgmm fit' or jaxgmm.save)"
         ) from None
     if params.weights.ndim != 1:
-        raise UserError(f"{args.model} holds a batch of mixtures; predict needs one")
+        raise UserError(f"{path} holds a batch of mixtures; {command} needs one")
+    return params
+
+
+def _model_and_data(args):
+    """``args.model`` and ``args.data`` in ``args.dtype`` (default: the model's), checked to
+    have the same number of features."""
+    import jax
+    import numpy as np
+
+    params = _load_model(args.model, args.command)
     dtype = np.dtype(args.dtype) if args.dtype else np.dtype(params.dtype)
     params = jax.tree.map(lambda leaf: leaf.astype(dtype), params)
     X = _load_data(args.data, args.format, dtype)
@@ -382,15 +400,25 @@ def _cmd_predict(args) -> int:
             f"{args.data} has D = {X.shape[1]} features but the model in "
             f"{args.model} was fitted to D = {params.n_features}"
         )
+    return params, X
+
+
+def _cmd_predict(args) -> int:
+    import numpy as np
+
+    params, X = _model_and_data(args)
     if args.output:
         _check_writable(args.output, args.data, args.model)
     if args.proba:
         values = np.asarray(_compiled_fn("predict_proba")(params, X))
         header = ",".join(f"p{k}" for k in range(values.shape[1]))
-        fmt = "%.6g"
+        fmt, what = "%.6g", "probabilities"
+    elif args.log_prob:
+        values = np.asarray(_compiled_fn("log_prob")(params, X))[:, None]
+        header, fmt, what = "log_prob", "%.9g", "log-densities"
     else:
         values = np.asarray(_compiled_fn("predict")(params, X))[:, None]
-        header, fmt = "label", "%d"
+        header, fmt, what = "label", "%d", "labels"
     target = args.output if args.output else sys.stdout
     try:
         np.savetxt(target, values, fmt=fmt, delimiter=",", header=header, comments="")
@@ -399,12 +427,62 @@ def _cmd_predict(args) -> int:
     except OSError as error:
         raise UserError(f"cannot write {args.output}: {error}") from None
     if args.output:
-        _status(
-            args,
-            f"wrote {'probabilities' if args.proba else 'labels'} of "
-            f"{X.shape[0]} samples to {args.output}",
-        )
+        _status(args, f"wrote {what} of {X.shape[0]} samples to {args.output}")
     return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# adapt
+
+
+def _cmd_adapt(args) -> int:
+    import numpy as np
+
+    import jaxgmm
+
+    params, X = _model_and_data(args)
+    output = args.output or _default_output(args.data, ".adapted.gmm.npz")
+    _check_writable(output, args.data, args.model)
+    try:
+        adapted = jaxgmm.map_adapt(
+            params, X, relevance=args.relevance, adapt=tuple(args.adapt), n_iter=args.n_iter
+        )
+        before = float(jaxgmm.log_likelihood(params, X)) / X.shape[0]
+        after = float(jaxgmm.log_likelihood(adapted, X)) / X.shape[0]
+        shares = np.asarray(jaxgmm.predict_proba(params, X)).sum(axis=0)
+    except (ValueError, TypeError) as error:
+        raise UserError(str(error)) from None
+    try:  # saved before anything is printed, so a closed pipe cannot lose it
+        jaxgmm.save(output, adapted)
+    except OSError as error:
+        raise UserError(f"cannot write {output}: {error}") from None
+    n_samples, n_features = X.shape
+    print(
+        f"{args.data}: N = {n_samples} samples, D = {n_features} "
+        f"feature{'s' if n_features > 1 else ''}; adapted the {', '.join(args.adapt)} of "
+        f"{args.model} (K = {params.n_components}, {params.covariance_type}), "
+        f"relevance {_format_number(args.relevance)}"
+    )
+    print()
+    alpha = shares / (shares + args.relevance)
+    moved = np.linalg.norm(np.asarray(adapted.means) - np.asarray(params.means), axis=1)
+    order = np.argsort(-shares)
+    shown = order[: _ADAPT_ROWS - 1] if len(order) > _ADAPT_ROWS else order
+    rows = [(k, f"{shares[k]:.1f}", f"{alpha[k]:.3f}", _format_number(moved[k])) for k in shown]
+    print(_table(["component", "samples", "alpha", "mean moved by"], rows))
+    if len(shown) < len(order):
+        print(f"... and {len(order) - len(shown)} components with fewer samples")
+    print()
+    print(
+        f"mean log-likelihood per sample: {_format_number(before)} under {args.model}, "
+        f"{_format_number(after)} adapted ({after - before:+.4g})"
+    )
+    print(f"model saved to {output}")
+    return 0
+
+
+# Components listed by 'jaxgmm adapt' (those with the most samples).
+_ADAPT_ROWS = 12
 
 
 # ---------------------------------------------------------------------------------------------
@@ -858,16 +936,21 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common, data_options],
         help="labels or probabilities from a saved model",
         description="Assign the rows of DATA to the components of MODEL (saved by 'jaxgmm "
-        "fit'): the most probable component of each row, or with --proba the "
-        "probability of every component. Writes CSV with a header line.",
+        "fit'): the most probable component of each row, with --proba the "
+        "probability of every component, or with --log-prob the log-density of each row. "
+        "Writes CSV with a header line.",
     )
     predict.add_argument("model", metavar="MODEL", help="model file from 'jaxgmm fit'")
     predict.add_argument("data", metavar="DATA", help="data file, one sample per row")
     predict.add_argument(
         "-o", "--output", metavar="OUT.csv", help="output file (default: standard output)"
     )
-    predict.add_argument(
+    written = predict.add_mutually_exclusive_group()
+    written.add_argument(
         "--proba", action="store_true", help="write the K component probabilities of every row"
+    )
+    written.add_argument(
+        "--log-prob", action="store_true", help="write the log-density log p(x) of every row"
     )
     predict.add_argument(
         "--dtype",
@@ -876,6 +959,53 @@ def build_parser() -> argparse.ArgumentParser:
         help="computation dtype (default: the model's)",
     )
     predict.set_defaults(parser=predict, func=_cmd_predict)
+
+    adapt = sub.add_parser(
+        "adapt",
+        parents=[common, data_options],
+        help="adapt a saved model (a background model) to new data",
+        description="MAP adaptation of MODEL (a background mixture saved by 'jaxgmm fit') to "
+        "the rows of DATA, as in speaker verification (jaxgmm.map_adapt): every component "
+        "keeps its parameters as a prior worth --relevance samples and moves towards the "
+        "samples it is responsible for. Prints each component's share of the samples and "
+        "how far its mean moved, and saves the adapted model.",
+    )
+    adapt.add_argument("model", metavar="MODEL", help="background model from 'jaxgmm fit'")
+    adapt.add_argument("data", metavar="DATA", help="data file, one sample per row")
+    adapt.add_argument(
+        "--relevance",
+        type=_positive_float,
+        default=16.0,
+        metavar="R",
+        help="samples' worth of the prior per component (default: 16)",
+    )
+    adapt.add_argument(
+        "--adapt",
+        action="append",
+        choices=["weights", "means", "covariances"],
+        metavar="WHAT",
+        help="weights, means or covariances; repeatable (default: means)",
+    )
+    adapt.add_argument(
+        "--n-iter",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="MAP-EM iterations (default: 1)",
+    )
+    adapt.add_argument(
+        "--dtype",
+        choices=["float64", "float32"],
+        default=None,
+        help="computation dtype (default: the model's)",
+    )
+    adapt.add_argument(
+        "-o",
+        "--output",
+        metavar="MODEL",
+        help="where to save the adapted model (default: DATA's name + .adapted.gmm.npz)",
+    )
+    adapt.set_defaults(parser=adapt, func=_cmd_adapt, adapt=None)
 
     segment = sub.add_parser(
         "segment",
@@ -1100,6 +1230,8 @@ def _fill_defaults(args) -> None:
         args.dtype = once(args.dtype or default_dtypes)
     if args.command == "select":
         args.covariance_type = once(args.covariance_type or COVARIANCE_TYPES)
+    if args.command == "adapt":
+        args.adapt = once(args.adapt or ["means"])
 
 
 def _show_warning(command: str):

@@ -186,6 +186,9 @@ def test_usage_errors_are_one_line(capsys):
         (["bench", "--shape", "2000,2"], "--shape"),
         (["bench", "--shape", "10,2,50"], "K <= N"),
         (["bench", "--repeats", "0"], "--repeats"),
+        (["adapt", "m.npz", "d.csv", "--relevance", "0"], "--relevance"),
+        (["adapt", "m.npz", "d.csv", "--adapt", "precisions"], "--adapt"),
+        (["predict", "m.npz", "d.csv", "--proba", "--log-prob"], "not allowed"),
         (["nonsense"], "jaxgmm"),
     ):
         with pytest.raises(SystemExit) as exit_info:
@@ -227,6 +230,37 @@ def test_outputs_are_checked_before_any_work(tmp_path, capsys, blobs_file):
     ):  # fmt: skip
         one_line_error(*run(capsys, *argv)[::2], *needles)
     assert X.shape == (90, 2) and jaxgmm.load(model).n_components == 1  # inputs untouched
+
+
+def test_adapt_saves_what_map_adapt_gives(tmp_path, capsys, blobs_file, monkeypatch):
+    X, data = blobs_file
+    ubm = tmp_path / "ubm.npz"
+    assert run(capsys, "fit", data, "-k", 3, "-o", ubm, "--quiet")[0] == 0
+    speaker = tmp_path / "speaker.csv"
+    np.savetxt(speaker, X[:20] + 0.3, delimiter=",")
+    monkeypatch.chdir(tmp_path)  # the default output name lands here
+    status, out, err = run(
+        capsys, "adapt", ubm, speaker, "--relevance", 8, "--adapt", "weights", "--adapt", "means"
+    )
+    assert status == 0, err
+    saved = jaxgmm.load(tmp_path / "speaker.adapted.gmm.npz")
+    expected = jaxgmm.map_adapt(
+        jaxgmm.load(ubm), np.loadtxt(speaker, delimiter=","), relevance=8.0,
+        adapt=("weights", "means"),
+    )  # fmt: skip
+    for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+    assert "adapted the weights, means of" in out and "relevance 8" in out
+    lines = [line for line in out.splitlines() if line.startswith("mean log-likelihood")]
+    before, after = (float(v.split()[0]) for v in lines[0].split(": ")[1].split(", "))
+    np.testing.assert_allclose(after, jaxgmm.log_likelihood(saved, X[:20] + 0.3) / 20, rtol=1e-5)
+    assert after > before  # adapted to these samples
+    # predict --log-prob writes the log-density of every row
+    status, out, err = run(capsys, "predict", ubm, speaker, "--log-prob")
+    assert status == 0, err
+    values = np.loadtxt(out.splitlines()[1:])
+    np.testing.assert_allclose(values, jaxgmm.log_prob(jaxgmm.load(ubm), X[:20] + 0.3), rtol=1e-8)
+    one_line_error(*run(capsys, "adapt", ubm, speaker, "-o", speaker)[::2], "is also an input")
 
 
 def test_default_output_names():
@@ -292,7 +326,9 @@ def test_persistent_compilation_cache(tmp_path, blobs_file):
     assert any(name.startswith("jit__fit_core") for name in os.listdir(cache))
 
 
-@pytest.mark.parametrize("command", ["fit", "predict", "segment", "select", "demo", "bench"])
+@pytest.mark.parametrize(
+    "command", ["fit", "predict", "adapt", "segment", "select", "demo", "bench"]
+)
 def test_help(capsys, command):
     with pytest.raises(SystemExit) as exit_info:
         cli.main([command, "--help"])
