@@ -36,13 +36,13 @@ def _statistics(moments, covariance_type: str):
     """Per component: the share ``n`` (K,) of the samples, their mean ``E`` (K, D) and their
     scatter about it ``C`` ((K, D, D) for full and tied, (K, D) otherwise), from the
     moments ``R.T @ features(xc)`` (K, P)."""
-    n_components, width = moments.shape
+    width = moments.shape[1]
     counts = moments[:, -1]
     safe = jnp.where(counts > 0, counts, 1.0)  # no samples: n E = 0 and n C = 0 anyway
-    n_quad = width - 1 - cov._n_features_from_width(width, covariance_type)
+    n_quad = width - 1 - cov.n_features_from_width(width, covariance_type)
     mean = moments[:, n_quad:-1] / safe[:, None]
     if covariance_type in ("full", "tied"):
-        second = cov._unpack_symmetric(moments[:, :n_quad], mean.shape[1]) / safe[:, None, None]
+        second = cov.unpack_symmetric(moments[:, :n_quad], mean.shape[1]) / safe[:, None, None]
         scatter = second - mean[:, :, None] * mean[:, None, :]
     else:
         scatter = moments[:, :n_quad] / safe[:, None] - mean * mean

@@ -216,7 +216,7 @@ def log_density_coefficients(params: GMM) -> jax.Array:
 # --- covariances from moments: second moments (K, M), counts (K,), means (K, D) -> covariances
 
 
-def _unpack_symmetric(packed, n_features):
+def unpack_symmetric(packed, n_features):
     i, j = np.triu_indices(n_features)
     out = jnp.zeros(packed.shape[:-1] + (n_features, n_features), packed.dtype)
     return out.at[..., i, j].set(packed).at[..., j, i].set(packed)
@@ -238,14 +238,14 @@ def _repair_full(raw, reg_covar):
 
 def _covariances_full(second, counts, means, reg_covar):
     n_features = means.shape[-1]
-    raw = _unpack_symmetric(second, n_features) / counts[:, None, None]
+    raw = unpack_symmetric(second, n_features) / counts[:, None, None]
     raw = raw - means[:, :, None] * means[:, None, :]
     return _repair_full(raw, reg_covar)
 
 
 def _covariances_tied(second, counts, means, reg_covar):
     n_features = means.shape[-1]
-    total = _unpack_symmetric(jnp.sum(second, axis=0), n_features)
+    total = unpack_symmetric(jnp.sum(second, axis=0), n_features)
     between = jnp.einsum("k,ki,kj->ij", counts, means, means, precision=HIGHEST)
     return _repair_full((total - between) / jnp.sum(counts), reg_covar)
 
@@ -297,7 +297,7 @@ def params_from_moments(
     """
     n_components, width = moments.shape
     dtype = moments.dtype
-    n_quad = width - 1 - _n_features_from_width(width, covariance_type)
+    n_quad = width - 1 - n_features_from_width(width, covariance_type)
     counts = moments[:, -1] + 10 * jnp.finfo(dtype).eps
     means = moments[:, n_quad:-1] / counts[:, None]
     covariances = _COVARIANCES[covariance_type](
@@ -309,7 +309,7 @@ def params_from_moments(
     return GMM(weights, means, covariances, covariance_type)
 
 
-def _n_features_from_width(width: int, covariance_type: str) -> int:
+def n_features_from_width(width: int, covariance_type: str) -> int:
     """Invert ``P = M(D) + D + 1`` for ``D``."""
     rest = width - 1
     if _is_pair_type(covariance_type):
