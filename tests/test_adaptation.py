@@ -182,6 +182,13 @@ def test_vmap_over_speakers_and_jit(background, ubms):
         single = jaxgmm.map_adapt(ubm, speakers[s], relevance=8.0, adapt=ALL)
         for a, b in zip(jax.tree.leaves(batch), jax.tree.leaves(single)):
             np.testing.assert_allclose(a[s], b, rtol=1e-12, atol=1e-14)
+    # Speakers with fewer samples: padding rows with zero weight change nothing.
+    padded = np.concatenate([speaker, np.full((10, 2), 50.0)])
+    weights = np.concatenate([np.ones(len(speaker)), np.zeros(10)])
+    with_padding = jaxgmm.map_adapt(ubm, padded, relevance=8.0, adapt=ALL, sample_weight=weights)
+    alone = jaxgmm.map_adapt(ubm, speaker, relevance=8.0, adapt=ALL)
+    for a, b in zip(jax.tree.leaves(with_padding), jax.tree.leaves(alone)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
     # relevance is traced: a new value reuses the compiled program
     traced = jax.jit(lambda r: jaxgmm.map_adapt(ubm, speaker, relevance=r).means)
     np.testing.assert_allclose(
