@@ -467,7 +467,7 @@ def _cmd_adapt(args) -> int:
     alpha = shares / (shares + args.relevance)
     moved = np.linalg.norm(np.asarray(adapted.means) - np.asarray(params.means), axis=1)
     order = np.argsort(-shares)
-    shown = order[: _ADAPT_ROWS - 1] if len(order) > _ADAPT_ROWS else order
+    shown = order[:_ADAPT_ROWS]
     rows = [(k, f"{shares[k]:.1f}", f"{alpha[k]:.3f}", _format_number(moved[k])) for k in shown]
     print(_table(["component", "samples", "alpha", "mean moved by"], rows))
     if len(shown) < len(order):
