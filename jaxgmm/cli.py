@@ -837,6 +837,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="file format of DATA (default: auto, from the name and the first bytes)",
     )
 
+    saved_model = _Parser(add_help=False)  # commands that read a model file
+    saved_model.add_argument(
+        "--dtype",
+        choices=["float64", "float32"],
+        default=None,
+        help="computation dtype (default: the model's)",
+    )
+
     parser = _Parser(
         prog="jaxgmm",
         description="Gaussian mixture models fitted by EM, in JAX.",
@@ -933,7 +941,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = sub.add_parser(
         "predict",
-        parents=[common, data_options],
+        parents=[common, data_options, saved_model],
         help="labels or probabilities from a saved model",
         description="Assign the rows of DATA to the components of MODEL (saved by 'jaxgmm "
         "fit'): the most probable component of each row, with --proba the "
@@ -952,17 +960,11 @@ def build_parser() -> argparse.ArgumentParser:
     written.add_argument(
         "--log-prob", action="store_true", help="write the log-density log p(x) of every row"
     )
-    predict.add_argument(
-        "--dtype",
-        choices=["float64", "float32"],
-        default=None,
-        help="computation dtype (default: the model's)",
-    )
     predict.set_defaults(parser=predict, func=_cmd_predict)
 
     adapt = sub.add_parser(
         "adapt",
-        parents=[common, data_options],
+        parents=[common, data_options, saved_model],
         help="adapt a saved model (a background model) to new data",
         description="MAP adaptation of MODEL (a background mixture saved by 'jaxgmm fit') to "
         "the rows of DATA, as in speaker verification (jaxgmm.map_adapt): every component "
@@ -992,12 +994,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         metavar="N",
         help="MAP-EM iterations (default: 1)",
-    )
-    adapt.add_argument(
-        "--dtype",
-        choices=["float64", "float32"],
-        default=None,
-        help="computation dtype (default: the model's)",
     )
     adapt.add_argument(
         "-o",
