@@ -178,9 +178,7 @@ def _sniff_delimiter(line: str):
 
 def _unquote(field: str) -> str:
     field = field.strip()
-    if len(field) >= 2 and field[0] == field[-1] == '"':
-        return field[1:-1].strip()
-    return field
+    return field[1:-1].strip() if _is_quoted(field) else field
 
 
 def _split(line: str, delimiter):

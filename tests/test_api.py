@@ -628,6 +628,11 @@ def test_reg_covar_that_overflows_the_dtype_is_rejected_everywhere():
     for call in calls:
         with pytest.raises(ValueError, match="reg_covar = 1e\\+50 overflows float32"):
             call()
+    # A bool is not a number of samples' worth or a variance (True would pass as 1).
+    with pytest.raises(TypeError, match="reg_covar must be a real number"):
+        jaxgmm.fit(KEY, X, 2, reg_covar=True)
+    with pytest.raises(TypeError, match="tol must be a real number"):
+        jaxgmm.fit(KEY, X, 2, tol=False)
 
 
 def test_params_with_list_leaves_are_rejected_by_name():

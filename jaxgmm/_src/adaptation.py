@@ -21,13 +21,12 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxgmm._src import covariances as cov
 from jaxgmm._src import em, products, validation
 from jaxgmm._src.chunking import fit_chunk_size
 from jaxgmm._src.em_loop import em_pass
-from jaxgmm._src.model import GMM
+from jaxgmm._src.model import GMM, all_finite_leaves
 
 ADAPTABLE = ("weights", "means", "covariances")
 
@@ -182,9 +181,7 @@ def map_adapt(
     )
     if validation.is_concrete(total):
         with jax.ensure_compile_time_eval():
-            finite = bool(jnp.isfinite(total)) and all(
-                bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(adapted)
-            )
+            finite = bool(all_finite_leaves((total, adapted)))
         if not finite:
             raise ValueError(
                 "X: the log-likelihood of X under params is not finite, so the samples cannot "
@@ -208,9 +205,7 @@ def _check_adapt(adapt) -> tuple[str, ...]:
 
 def _check_relevance(relevance, dtype) -> jax.Array:
     """``relevance`` as a scalar of ``dtype``: a positive real number that ``dtype`` holds."""
-    if isinstance(relevance, (bool, np.bool_)):
-        raise TypeError(f"relevance must be a real number; got {relevance!r}")
-    value = validation.check_non_negative_scalar(relevance, "relevance")
-    if value is not None and not 0 < value <= float(jnp.finfo(dtype).max):
-        raise ValueError(f"relevance must be > 0 and fit in {jnp.dtype(dtype).name}; got {value}")
+    value = validation.check_non_negative_in_dtype(relevance, "relevance", dtype)
+    if value == 0:
+        raise ValueError("relevance must be > 0; got 0")
     return jnp.asarray(relevance, dtype)

@@ -161,6 +161,8 @@ def check_candidates(n_candidates, candidate_iter, n_init: int, init_params):
 
 def check_non_negative_scalar(value, name: str) -> float | None:
     """Check a finite, non-negative real scalar; returns its value when concrete."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a real number; got {value!r}")
     if isinstance(value, numbers.Real):
         v = float(value)
     else:
@@ -179,11 +181,18 @@ def check_non_negative_scalar(value, name: str) -> float | None:
     return v
 
 
+def check_non_negative_in_dtype(value, name: str, dtype=None) -> float | None:
+    """``check_non_negative_scalar``; with ``dtype``, the value must also be representable in
+    it. Returns the value when concrete."""
+    value = check_non_negative_scalar(value, name)
+    if dtype is not None and value is not None and value > float(jnp.finfo(dtype).max):
+        raise ValueError(f"{name} = {value:g} overflows {jnp.dtype(dtype).name}")
+    return value
+
+
 def check_reg_covar(reg_covar, dtype=None) -> None:
     """A finite, non-negative ``reg_covar``; with ``dtype``, also representable in it."""
-    value = check_non_negative_scalar(reg_covar, "reg_covar")
-    if dtype is not None and value is not None and value > float(jnp.finfo(dtype).max):
-        raise ValueError(f"reg_covar = {value:g} overflows {jnp.dtype(dtype).name}")
+    check_non_negative_in_dtype(reg_covar, "reg_covar", dtype)
 
 
 def check_tol(tol, name: str = "tol") -> None:
